@@ -1,0 +1,95 @@
+# Cella: one Makefile. `make` = release build in build/, `make asan` = ASan+UBSan build in build/asan/.
+# Sources are found by wildcard: a new .c file in the right folder needs no edit here.
+
+O ?= build
+CC ?= gcc
+SAN ?= 0
+
+WARN := -Wall -Wextra -Werror -Wformat=2 -Wmissing-prototypes -Wstrict-prototypes -Wundef \
+	-Wwrite-strings -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation
+CPPFLAGS += -I. -D_GNU_SOURCE -MMD -MP
+ifeq ($(SAN),1)
+CFLAGS ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=address,undefined
+else
+CFLAGS ?= -O2 -g
+endif
+CFLAGS += -std=gnu11 $(WARN) -pthread
+LDLIBS_BASE := -ljansson
+LDLIBS_RUNTIME := -lseccomp -lcap
+LDLIBS_VMM := -lpthread
+
+base_src := $(wildcard base/*.c)
+runtime_src := $(wildcard runtime/*.c)
+vmm_src := $(wildcard vmm/*.c vmm/*/*.c)
+cella_src := $(wildcard cmd/cella/*.c)
+vmm_cmd_src := $(wildcard cmd/cella-vmm/*.c)
+init_src := $(wildcard agent/init/*.c)
+unit_src := $(wildcard tests/unit/*.c)
+
+obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
+
+libbase := $(O)/libcella-base.a
+libruntime := $(O)/libcella-runtime.a
+libvmm := $(O)/libcella-vmm.a
+
+progs := $(if $(cella_src),$(O)/cella) $(if $(vmm_cmd_src),$(O)/cella-vmm)
+ifeq ($(SAN),0)
+progs += $(if $(vmm_cmd_src),$(O)/cella-vmm-static) $(if $(init_src),$(O)/cella-init)
+endif
+unit_bins := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(unit_src))
+
+.PHONY: all asan test bench clean check-layers unit
+all: check-layers $(progs) $(unit_bins)
+
+asan:
+	$(MAKE) O=build/asan SAN=1 all
+
+$(O)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC $<"; $(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(libbase): $(call obj,$(base_src))
+$(libruntime): $(call obj,$(runtime_src))
+$(libvmm): $(call obj,$(vmm_src))
+$(O)/%.a:
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(if $^,ar rcs $@ $^,ar rcs $@)
+
+$(O)/cella: $(call obj,$(cella_src)) $(libruntime) $(libbase)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS_RUNTIME) $(LDLIBS_BASE)
+
+$(O)/cella-vmm: $(call obj,$(vmm_cmd_src)) $(libvmm) $(libbase)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS_VMM) $(LDLIBS_BASE)
+
+# The nested sandbox has no shared libraries of ours: ship a static VMM there.
+$(O)/cella-vmm-static: $(call obj,$(vmm_cmd_src)) $(libvmm) $(libbase)
+	$(CC) $(CFLAGS) $(LDFLAGS) -static -o $@ $^ $(LDLIBS_VMM) $(LDLIBS_BASE)
+
+$(O)/cella-init: $(call obj,$(init_src))
+	$(CC) $(CFLAGS) $(LDFLAGS) -static -o $@ $^
+
+$(O)/tests/unit/%: $(O)/obj/tests/unit/%.o $(libruntime) $(libvmm) $(libbase)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS_RUNTIME) $(LDLIBS_VMM) $(LDLIBS_BASE)
+
+# Layering: base depends on nothing of ours; runtime and vmm only on base.
+check-layers:
+	@bad=$$(grep -lE '#include "(runtime|vmm|agent|daemon|cmd)/' base/*.[ch] 2>/dev/null; \
+		grep -lE '#include "(vmm|agent|daemon|cmd)/' runtime/*.[ch] 2>/dev/null; \
+		grep -lE '#include "(runtime|agent|daemon|cmd)/' $$(find vmm -name '*.[ch]') 2>/dev/null); \
+	if [ -n "$$bad" ]; then echo "layering violation in: $$bad" >&2; exit 1; fi
+
+unit: all
+
+test:
+	tests/run
+
+bench: all
+	bench/run
+
+clean:
+	rm -rf build
+
+-include $(shell find $(O)/obj -name '*.d' 2>/dev/null)
