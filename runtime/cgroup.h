@@ -66,7 +66,7 @@ struct cgroup_params {
 	const struct oci_device *devices;
 	size_t n_devices;
 	/* The device cgroup always starts from "deny all", then linux.resources.devices in order, then
-	 * runc's default allow list (null, zero, full, random, urandom, tty, console, ptmx, pts/*,
+	 * runc's default allow list (null, zero, full, random, urandom, tty, console, ptmx, every pts,
 	 * net/tun, and "m" for every c/b device), then linux.devices. Set to skip the device
 	 * cgroup entirely (rootless). */
 	bool skip_devices;
