@@ -18,6 +18,7 @@ struct cella_err;
 #define X86_MPTABLE_ADDR 0x9fc00ull    /* MP floating pointer + table in the EBDA area */
 #define X86_EBDA_START 0x9fc00ull
 #define X86_ACPI_ADDR 0xe0000ull       /* RSDP must be found in 0xe0000..0xfffff */
+#define X86_ACPI_RSDP_ADDR X86_ACPI_ADDR /* the RSDP is the first ACPI structure written */
 #define X86_HIMEM_START 0x100000ull    /* protected-mode kernel load address */
 #define X86_BOOT_STACK 0x8ff0ull
 #define X86_MMIO_GAP_START 0xc0000000ull /* 32-bit MMIO hole: devices live at and above this */
@@ -40,10 +41,17 @@ struct x86_boot_entry {
 	uint64_t cr3;      /* LONG64: PML4 guest-physical address */
 };
 
+/* Guest RAM is one host buffer of size bytes. Guest-physical [0, min(size, MMIO_GAP_START)) is
+ * host[0..]; if size > X86_MMIO_GAP_START, guest-physical [4 GiB, 4 GiB + size - MMIO_GAP_START)
+ * is host[X86_MMIO_GAP_START..] (two KVM memory slots over the same buffer). */
 struct x86_guest_mem {
 	uint8_t *host;  /* host mapping of guest-physical 0 */
 	uint64_t size;  /* RAM bytes (below the MMIO gap first, the rest above 4 GiB if any) */
 };
+
+/* Host pointer for guest-physical [gpa, gpa + len) per the layout above, or NULL if that range is
+ * not entirely inside one RAM range (never crosses the MMIO gap). len 0 is allowed. */
+uint8_t *x86_guest_ptr(const struct x86_guest_mem *mem, uint64_t gpa, uint64_t len);
 
 struct x86_boot_params {
 	const uint8_t *kernel; /* kernel image bytes */
@@ -71,5 +79,14 @@ int x86_load_kernel(const struct x86_guest_mem *mem, const struct x86_boot_param
 #define X86_ACPI_PM1A_EVT 0x600 /* 4 bytes: status + enable */
 #define X86_ACPI_PM1A_CNT 0x604 /* 2 bytes: SLP_TYP/SLP_EN: write SLP_EN with S5 = poweroff */
 #define X86_ACPI_S5_SLP_TYP 5
+/* Interrupt routing the tables describe: LAPIC ids 0..ncpus-1, one IOAPIC with id ncpus at
+ * X86_IOAPIC_ADDR, ISA IRQ n -> IOAPIC pin n (edge, active high) for n < 16, which is KVM's default
+ * GSI routing after KVM_CREATE_IRQCHIP (the in-kernel PIT raises GSI 0 = pin 0, so there is no
+ * IRQ0 -> GSI2 override as on QEMU, which re-routes GSI 0). The ACPI SCI is IRQ 9, level, active
+ * high. ncpus must be 1..X86_TABLES_MAX_CPUS. */
+#define X86_IOAPIC_ADDR 0xfec00000u
+#define X86_LAPIC_ADDR 0xfee00000u
+#define X86_ACPI_SCI_IRQ 9
+#define X86_TABLES_MAX_CPUS 32 /* the MP table must fit in the 1 KiB EBDA */
 int x86_write_mptable(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
 int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
