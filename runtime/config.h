@@ -74,6 +74,10 @@ struct oci_mount {
 	bool tmpcopyup;
 	struct oci_id_mapping *uid_mappings, *gid_mappings; /* idmapped mounts (runtime-spec 1.1) */
 	size_t n_uid_mappings, n_gid_mappings;
+	/* Recursive mount_setattr(2) attributes from runc's "rro", "rnosuid", "rnoatime", ... options:
+	 * MOUNT_ATTR_* to set and to clear (atime modes also put MOUNT_ATTR__ATIME in rec_attr_clr). */
+	uint64_t rec_attr_set, rec_attr_clr;
+	bool idmap, ridmap; /* "idmap" / "ridmap" options (runtime-spec 1.2) */
 };
 
 struct oci_hook {
@@ -127,6 +131,7 @@ struct oci_cpu {
 	struct oci_opt_u64 shares, period, realtime_period;
 	struct oci_opt_i64 quota, realtime_runtime, idle;
 	char *cpus, *mems; /* cpuset lists */
+	struct oci_opt_u64 burst; /* runtime-spec 1.1 */
 };
 
 struct oci_pids { struct oci_opt_i64 limit; };
@@ -200,7 +205,8 @@ struct oci_linux {
 	size_t n_sysctl;
 	char *mount_label;
 	struct oci_seccomp *seccomp; /* NULL = none */
-	char *personality_domain;
+	char *personality_domain; /* "LINUX" or "LINUX32", NULL = unset */
+	char **personality_flags;
 };
 
 struct oci_config {
@@ -224,8 +230,17 @@ struct oci_config {
 /* Parses and validates a config document. what = name used in messages ("config.json").
  * On error *out is untouched and err names the JSON path. */
 int oci_config_parse(json_t *doc, const char *what, struct oci_config **out, struct cella_err *err);
+/* Messages are prefixed with the file's base name ("config.json: ..."). */
 int oci_config_load(const char *path, struct oci_config **out, struct cella_err *err);
+/* Same, naming the document `what` in messages. */
+int oci_config_load_as(const char *path, const char *what, struct oci_config **out, struct cella_err *err);
 void oci_config_free(struct oci_config *cfg);
+
+/* A bare process object (as `exec --process process.json` takes), validated like config.json's
+ * "process"; path is the JSON path for messages ("" for a top-level document). Frees with
+ * oci_process_clear (which also accepts a partly filled struct after an error). */
+int oci_process_parse(const json_t *j, const char *path, struct oci_process *out, struct cella_err *err);
+void oci_process_clear(struct oci_process *p);
 
 /* Mount option parsing (shared with runtime mount code): fills flags, clear_flags, propagation,
  * data, bind, tmpcopyup from options. Unknown options go to data. path is for messages. */
@@ -237,4 +252,5 @@ json_t *oci_config_default(bool rootless);
 bool oci_config_has_namespace(const struct oci_config *cfg, enum oci_ns_type type);
 const struct oci_namespace *oci_config_namespace(const struct oci_config *cfg, enum oci_ns_type type);
 const char *oci_ns_type_name(enum oci_ns_type type); /* "pid", "network", ... as in config.json */
+int oci_ns_type_from_name(const char *name);         /* enum value, or -1 if unknown */
 int oci_ns_clone_flag(enum oci_ns_type type);         /* CLONE_NEWPID, ... */

@@ -9,3 +9,5 @@ int cella_rlimit_from_name(const char *name);
 const char *cella_rlimit_name(int resource);
 /* Accepts "KILL", "SIGKILL", "kill", "9"; returns signal number or -1. */
 int cella_signal_from_name(const char *name);
+/* "KILL" (without the SIG prefix) for a standard signal; NULL for real-time or unknown numbers. */
+const char *cella_signal_name(int sig);
