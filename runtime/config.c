@@ -165,8 +165,9 @@ static int get_kv(const json_t *obj, const char *path, const char *key, struct o
 	json_t *v;
 	json_object_foreach(o, k, v) {
 		if (!json_is_string(v)) {
+			/* Keys are full of dots ("net.ipv4.ip_forward"): quote them in the path. */
 			char el[CJ_PATH_MAX];
-			cj_subpath(el, sizeof(el), sub, k);
+			snprintf(el, sizeof(el), "%s[\"%s\"]", sub, k);
 			return type_err(v, el, "string", err);
 		}
 		kv[*n].key = strdup(k);
@@ -439,9 +440,12 @@ static const struct {
 	{ "rnosymfollow", false, MOUNT_ATTR_NOSYMFOLLOW }, { "rsymfollow", true, MOUNT_ATTR_NOSYMFOLLOW },
 };
 
-static bool is_atime_option(const char *name)
+/* The atime mode is a 3-bit field in mount_setattr(2), not a set of bits: an option picks a mode, and
+ * the kernel wants the whole field (MOUNT_ATTR__ATIME) in attr_clr whenever it changes, so clearing a
+ * single mode ("ratime", "rnorelatime", "rnostrictatime") means going back to the default, relatime. */
+static bool is_atime_attr(uint64_t a)
 {
-	return !strcmp(name, "rrelatime") || !strcmp(name, "rnoatime") || !strcmp(name, "rstrictatime");
+	return a == MOUNT_ATTR_RELATIME || (a & MOUNT_ATTR__ATIME);
 }
 
 static int apply_mount_option(struct oci_mount *m, const char *o, char **data, size_t *data_len,
@@ -471,9 +475,10 @@ static int apply_mount_option(struct oci_mount *m, const char *o, char **data, s
 		if (strcmp(rec_attr_flags[i].name, o))
 			continue;
 		uint64_t a = rec_attr_flags[i].attr;
-		if (is_atime_option(o)) {
-			/* The atime mode is a field, not a bit: set the mode and clear the whole field. */
-			m->rec_attr_set = (m->rec_attr_set & ~(uint64_t)MOUNT_ATTR__ATIME) | a;
+		if (is_atime_attr(a)) {
+			m->rec_attr_set &= ~(uint64_t)MOUNT_ATTR__ATIME;
+			if (!rec_attr_flags[i].clear)
+				m->rec_attr_set |= a;
 			m->rec_attr_clr |= MOUNT_ATTR__ATIME;
 		} else if (rec_attr_flags[i].clear) {
 			m->rec_attr_set &= ~a;
