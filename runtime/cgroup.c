@@ -1070,10 +1070,16 @@ int cgroup_create(struct cgroup_manager *mgr, const struct cgroup_params *params
 		return r;
 	if ((r = check_unified_routing(inst, params->resources, err)) < 0)
 		return r;
+	/* compute_instance counts the default "/cella" parent as ours (2): it belongs to the
+	 * runtime, so whoever destroys the last container removes it, whoever created it. */
+	bool dflt = !params->cgroups_path || !params->cgroups_path[0];
 	for (size_t i = 0; i < inst->n; i++)
 		inst->d[i].created = 0;
-	for (size_t i = 0; i < inst->n && r == 0; i++)
+	for (size_t i = 0; i < inst->n && r == 0; i++) {
 		r = mkdir_one(inst, &inst->d[i], err);
+		if (dflt && inst->d[i].created == 1)
+			inst->d[i].created = 2;
+	}
 	if (r == 0)
 		r = apply_resources(inst, params, err);
 	if (r == 0 && pid > 0)

@@ -116,7 +116,8 @@ int cgroup_instance_load(struct cgroup_manager *mgr, const char *text, struct cg
 /* The instance's directories, e.g. to bind-mount them for a "cgroup" mount inside the container. */
 struct cgroup_dir_info {
 	bool v2;                 /* the unified hierarchy */
-	const char *controllers; /* v1: "cpu,cpuacct", "name=systemd", ...; v2: "" */
+	const char *controllers; /* v1: "cpu,cpuacct", "name=systemd", ...; v2: the controllers driven
+				  * through v2 ("hugetlb" on a hybrid host, all available on pure v2) */
 	const char *mount;       /* the hierarchy's mount point, e.g. "/sys/fs/cgroup/cpu,cpuacct" */
 	const char *path;        /* the container's directory in it */
 	const char *rel;         /* path relative to the hierarchy root, e.g. "/cella/x" */
@@ -132,8 +133,10 @@ int cgroup_freeze(struct cgroup_instance *inst, bool frozen, struct cella_err *e
 
 /* Exposed for unit tests: the conversions used on cgroup v2. */
 unsigned long long cgroup_shares_to_weight(unsigned long long shares); /* crun's linear map, 0 -> 0 */
-/* OCI memory.swap (memory+swap) and memory.limit -> memory.swap.max value: -1 = "max",
- * 0 = leave unset; negative errno (with err naming linux.resources.memory.swap) if invalid. */
+/* OCI memory.swap (memory+swap) and memory.limit (0 = unset for both) -> memory.swap.max value:
+ * -1 = "max", >= 0 = that many bytes (0 when swap == limit: no swap), CGROUP_SWAP_UNSET = leave
+ * the file alone; negative errno (err names linux.resources.memory.swap) if invalid. */
+#define CGROUP_SWAP_UNSET (-2LL)
 int cgroup_swap_to_v2(long long swap, long long limit, long long *out, struct cella_err *err);
 /* Validates a cpuset list ("0-3,7"); path is the config path used in the message. */
 int cgroup_validate_cpu_list(const char *list, const char *path, struct cella_err *err);

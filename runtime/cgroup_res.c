@@ -27,8 +27,12 @@ int cgroup_swap_to_v2(long long swap, long long limit, long long *out, struct ce
 		*out = -1;
 		return 0;
 	}
-	if (swap == -1 || swap == 0) {
-		*out = swap;
+	if (swap == 0) {
+		*out = CGROUP_SWAP_UNSET;
+		return 0;
+	}
+	if (swap == -1) {
+		*out = -1;
 		return 0;
 	}
 	if (swap < -1)

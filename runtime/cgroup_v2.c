@@ -25,7 +25,7 @@ int cg_v2_memory(const struct cg_dir *d, const struct oci_resources *res, struct
 		return r;
 	/* Swap first: memory.swap.max is independent of memory.max on v2, order only matters for
 	 * error reporting (the swap error is the more specific one). */
-	if (swap2 != 0) {
+	if (swap2 != CGROUP_SWAP_UNSET) {
 		if (!cg_has_file(d, "memory.swap.max")) {
 			if (swap2 != -1)
 				return cella_err_set(err, ENOTSUP,
