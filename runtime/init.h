@@ -1,0 +1,91 @@
+/* The container init: what the create runtime hands to its child, the parent<->child sync
+ * protocol, and the setup steps (one file each: mounts.c, devices.c, process.c, terminal.c,
+ * namespaces.c). Internal to runtime/. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "runtime/config.h"
+
+struct cella_err;
+struct cgroup_instance;
+
+/* Messages over the SOCK_SEQPACKET socketpair between the runtime (P) and the child (C). */
+enum sync_type {
+	SYNC_USERMAP = 1, /* C -> P: I unshared a user namespace, write my uid/gid maps */
+	SYNC_USERMAP_ACK, /* P -> C: maps written */
+	SYNC_PID,         /* C -> P: the init is my child `pid` (pid namespace needed a fork); I exit */
+	SYNC_GO,          /* P -> C: in the cgroup, proceed with the setup */
+	SYNC_READY,       /* C -> P: set up; about to wait on exec.fifo */
+	SYNC_ACK,         /* P -> C: state recorded; you are on your own */
+	SYNC_ERROR,       /* C -> P: setup failed: msg */
+};
+
+struct sync_msg {
+	int32_t type;
+	int32_t code; /* positive errno for SYNC_ERROR */
+	int32_t pid;
+	char msg[2048];
+};
+
+int sync_send(int fd, int type, int code, pid_t pid, const char *msg);
+/* Receives one message; -EPIPE on EOF (the other side died). */
+int sync_recv(int fd, struct sync_msg *m);
+
+struct init_args {
+	const struct oci_config *cfg;
+	const char *bundle;      /* absolute */
+	const char *rootfs;      /* absolute, symlinks resolved */
+	int sync_fd;
+	int console_fd;          /* connected --console-socket or -1 */
+	int fifo_fd;             /* O_PATH fd of exec.fifo */
+	int ns_fds[OCI_NS_COUNT]; /* namespaces to join (setns), -1 = not joined */
+	unsigned long clone_flags; /* namespaces the clone itself created */
+	bool staged;             /* clone without flags: the child joins/unshares and may fork */
+	bool no_pivot;
+	unsigned preserve_fds;
+	bool in_userns;          /* new or joined user namespace: no mknod, bind host devices */
+	struct cgroup_instance *cgroup; /* for "cgroup" mounts, may be NULL */
+};
+
+/* The child's whole life: namespaces, rootfs, process, wait for start, execve. Never returns. */
+_Noreturn void container_init(struct init_args *a);
+
+/* namespaces.c */
+/* Opens every linux.namespaces[].path (O_RDONLY) into fds[] (others -1); checks each is a
+ * namespace file of the right type. */
+int ns_open_joined(const struct oci_config *cfg, int fds[OCI_NS_COUNT], struct cella_err *err);
+void ns_close_joined(int fds[OCI_NS_COUNT]);
+/* Writes /proc/PID/{uid_map,setgroups,gid_map} from linux.uidMappings/gidMappings. */
+int ns_write_id_maps(pid_t pid, const struct oci_config *cfg, struct cella_err *err);
+/* fork()-like raw clone with namespace flags (no stack switch, so it works under ASan). */
+pid_t ns_clone(unsigned long flags);
+
+/* mounts.c — run in the child, in its mount namespace */
+int rootfs_prepare(struct init_args *a, struct cella_err *err);  /* propagation, rootfs bind, mounts, /dev */
+int rootfs_pivot(struct init_args *a, struct cella_err *err);    /* pivot_root or MS_MOVE+chroot */
+int rootfs_finalize(struct init_args *a, struct cella_err *err); /* readonly/masked paths, ro root */
+/* Bind-mounts the pty slave on /dev/console (after pivot). */
+int rootfs_mount_console(const char *slave, struct cella_err *err);
+
+/* devices.c — default /dev nodes, symlinks and linux.devices, relative to the rootfs fd */
+int devices_setup(struct init_args *a, int rootfd, bool dev_is_bind, struct cella_err *err);
+/* Opens (creating dirs/file as needed) path inside the root without escaping it; O_PATH fd. */
+int root_open(int rootfd, const char *path, bool make, bool as_dir, struct cella_err *err);
+
+/* process.c */
+int process_rlimits(const struct oci_process *p, struct cella_err *err);
+int process_user_caps(const struct oci_process *p, struct cella_err *err);
+/* envp for execve (adds HOME / PATH defaults as runc does); malloc'd vector. */
+char **process_env(const struct oci_process *p);
+/* Resolves args[0] with PATH from env (inside the container): malloc'd path or NULL + err. */
+char *process_find_exec(const char *file, char *const *env, struct cella_err *err);
+
+/* terminal.c */
+/* Opens a pty (in the container's /dev/ptmx), makes the slave our controlling terminal and
+ * stdio, and sends the master over sock with SCM_RIGHTS (runc's recvtty protocol). */
+int terminal_setup(const struct oci_process *p, int sock, struct cella_err *err);
+int terminal_send_fd(int sock, int fd, const char *name, struct cella_err *err);
+/* Receives one fd; -EPIPE on EOF. */
+int terminal_recv_fd(int sock, struct cella_err *err);
