@@ -36,6 +36,7 @@ int cg_bpf_build(const struct cg_dev_rule *rules, size_t n, struct bpf_insn **ou
 {
 	/* Prologue 6 + per rule at most 4 checks (type 1, access 3, major 1, minor 1 = 6) + 2, epilogue 2. */
 	size_t cap = 6 + n * 8 + 2, k = 0;
+	bool unconditional = false;
 	struct bpf_insn *p = calloc(cap, sizeof(*p));
 	if (!p)
 		return cella_err_set(err, ENOMEM, "out of memory");
@@ -76,12 +77,17 @@ int cg_bpf_build(const struct cg_dev_rule *rules, size_t n, struct bpf_insn **ou
 				blk[j].off = (int16_t)(b - j - 1);
 			p[k++] = blk[j];
 		}
-		/* An unconditional rule ends the search: the rest can never be reached. */
-		if (b == 2)
+		/* An unconditional rule ends the search: the rest can never be reached (and the
+		 * verifier refuses unreachable instructions). */
+		if (b == 2) {
+			unconditional = true;
 			break;
+		}
 	}
-	p[k++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0);
-	p[k++] = insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+	if (!unconditional) {
+		p[k++] = insn(BPF_ALU64 | BPF_MOV | BPF_K, 0, 0, 0, 0);
+		p[k++] = insn(BPF_JMP | BPF_EXIT, 0, 0, 0, 0);
+	}
 	*out = p;
 	*n_out = k;
 	return 0;
