@@ -666,6 +666,86 @@ static void find_srcdir(void)
 	}
 }
 
+/* Mutation pass: every node of good/full.json replaced by each JSON type, and every object member
+ * deleted. Each variant must either parse or fail with one "config.json: <path>: ..." message, never
+ * crash or leak (the ASan build checks), and a failure must leave *out untouched. */
+static size_t mutations, mutation_failures;
+
+static void try_variant(json_t *root)
+{
+	struct cella_err err = { 0 };
+	struct oci_config *cfg = NULL;
+	int r = oci_config_parse(root, "config.json", &cfg, &err);
+	mutations++;
+	if (r == 0) {
+		_cleanup_free_ char *d = dump_config(cfg);
+		oci_config_free(cfg);
+		return;
+	}
+	if (cfg || strncmp(err.msg, "config.json: ", 13) || strlen(err.msg) < 16 || strchr(err.msg, '\n')) {
+		if (mutation_failures++ < 5)
+			printf("#   bad failure (r=%d): %s\n", r, err.msg);
+	}
+}
+
+static void mutate(json_t *root, json_t *node)
+{
+	json_t *repl[] = { json_null(), json_true(), json_integer(-1), json_integer(1 << 20), json_real(0.5),
+			   json_string("x"), json_string(""), json_array(), json_object() };
+	const char *key;
+	json_t *child;
+	size_t i;
+	if (json_is_object(node)) {
+		/* Keys first: deleting and re-adding a member moves it, which would upset iteration. */
+		size_t n = json_object_size(node), k = 0;
+		_cleanup_strv_ char **keys = calloc(n + 1, sizeof(char *));
+		json_object_foreach(node, key, child)
+			if (keys && k < n)
+				keys[k++] = strdup(key);
+		for (k = 0; keys && keys[k]; k++) {
+			child = json_object_get(node, keys[k]);
+			json_t *saved = json_incref(child);
+			for (size_t t = 0; t < ARRAY_SIZE(repl); t++) {
+				json_object_set(node, keys[k], repl[t]);
+				try_variant(root);
+			}
+			json_object_del(node, keys[k]);
+			try_variant(root);
+			json_object_set_new(node, keys[k], saved);
+			mutate(root, saved);
+		}
+	} else if (json_is_array(node)) {
+		for (i = 0; i < json_array_size(node); i++) {
+			json_t *saved = json_incref(json_array_get(node, i));
+			for (size_t k = 0; k < ARRAY_SIZE(repl); k++) {
+				json_array_set(node, i, repl[k]);
+				try_variant(root);
+			}
+			json_array_set_new(node, i, saved);
+			mutate(root, saved);
+		}
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(repl); k++)
+		json_decref(repl[k]);
+}
+
+static void test_mutations(void)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/tests/unit/config/good/full.json", srcdir);
+	struct cella_err err = { 0 };
+	_cleanup_json_ json_t *doc = NULL;
+	TAP_OK(cj_load_file(path, "full.json", 1 << 20, &doc, &err) == 0, "load full.json for mutation");
+	if (!doc)
+		return;
+	mutate(doc, doc);
+	TAP_OK(mutations > 1000 && mutation_failures == 0, "%zu mutated configs: no crash, one clean message each",
+	       mutations);
+	_cleanup_json_ json_t *again = NULL;
+	TAP_OK(cj_load_file(path, "full.json", 1 << 20, &again, &err) == 0 && json_equal(doc, again),
+	       "mutation restored the document");
+}
+
 int main(void)
 {
 	const char *env = getenv("CELLA_SRCDIR");
@@ -680,5 +760,6 @@ int main(void)
 	test_default_spec();
 	test_parse_api();
 	test_mount_options();
+	test_mutations();
 	return tap_done();
 }
