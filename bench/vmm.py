@@ -1,0 +1,271 @@
+#!/usr/bin/python3
+"""VMM benchmark (issue 3), run in one boot of the nested-KVM sandbox (tests/sandbox/).
+
+This host has no usable /dev/kvm, so every figure is taken inside the sandbox: a QEMU TCG
+machine with kvm-amd, i.e. nested KVM on an emulated CPU. Absolute times are therefore many
+times those of real hardware; the ratios between programs measured in the same sandbox run
+are what this benchmark is for.
+
+(a) Tiny guest. One 64 KiB flat binary, byte for byte the same for every program:
+      offset 0:      mov dx,0x3f8; mov al,'X'; out dx,al     one byte to the serial port
+                     mov al,0xfe; out 0x64,al                 i8042 reset: VMM exits here
+                     cs lidt [idt0]; int3; jmp $              triple fault (machines without
+                                                              an i8042, i.e. QEMU microvm)
+      offset 20:     idt0: limit 0, base 0
+      offset 0xfff0: jmp 0 (near)                             reset vector
+    cella-vmm and kvm_floor load it at 0x10000 and enter it at CS=0x1000, IP=0; QEMU microvm
+    takes it as its firmware (-bios): QEMU maps it below 4 GiB and the CPU starts at the
+    reset vector, CS base 0xffff0000, whose near jump lands on offset 0. The same real-mode
+    instructions run in every case. QEMU microvm has no i8042, so it ends by the triple fault
+    (-no-reboot turns the reset into an exit); the others exit at the i8042 write, two
+    instructions earlier. Memory is 16 MiB for all three.
+      floor      bench/kvm_floor.c: one memory region, one vCPU, no irqchip, no threads
+      cella-vmm  --kernel tiny.bin --memory 16 --cpus 1 --console stdio
+      qemu       qemu-system-x86_64 -M microvm -accel kvm -nodefaults -no-user-config
+                 -nographic -serial stdio -no-reboot -m 16 -bios tiny.bin
+    Figures: VMM start to first serial byte, to process exit, peak RSS (bench/benchtime).
+    Targets: cella-vmm exit within 1.3x of the floor's, peak RSS <= 2 MiB.
+
+(b) Linux. The guest kit's Debian kernel (bzImage) + initramfs, 256 MiB, 1 vCPU, command
+    line "console=ttyS0 quiet -- true" (init prints CELLA-INIT-READY, runs `true`, powers
+    off); cella-vmm vs qemu -M microvm -accel kvm -cpu host (same kernel, initrd, cmdline,
+    memory, cpus). Figures: VMM start to the marker line (host side), the guest's uptime at
+    the marker, cella-vmm's boot-timer log line, process exit, peak RSS. Target: cella-vmm
+    reaches the marker faster than QEMU.
+
+Usage: bench/vmm.py [-n TINY_RUNS] [-b BOOTS]
+"""
+import argparse
+import os
+import re
+import shutil
+import statistics
+import sys
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(TOP, "build")
+HELPERS = os.path.join(BUILD, "bench")
+WORK = os.path.join(BUILD, "bench", "vmm")
+VMM_STATIC = os.path.join(BUILD, "cella-vmm-static")
+QEMU = "qemu-system-x86_64"
+CMDLINE = "console=ttyS0 quiet -- true"
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def tiny_guest():
+    code = bytes([
+        0xBA, 0xF8, 0x03,              # mov dx, 0x3f8
+        0xB0, 0x58,                    # mov al, 'X'
+        0xEE,                          # out dx, al
+        0xB0, 0xFE,                    # mov al, 0xfe
+        0xE6, 0x64,                    # out 0x64, al
+        0x2E, 0x0F, 0x01, 0x1E, 20, 0,  # lidt cs:[20]
+        0xCC,                          # int3 -> #GP -> #DF -> triple fault
+        0xEB, 0xFE,                    # jmp $
+        0x90,                          # nop (pad)
+    ]) + bytes(6)                      # offset 20: IDT descriptor, limit 0, base 0
+    img = bytearray(65536)
+    img[:len(code)] = code
+    img[0xFFF0:0xFFF3] = bytes([0xE9, 0x0D, 0x00])  # jmp near 0 (0xfff3 + 0x000d wraps to 0)
+    path = os.path.join(WORK, "tiny.bin")
+    with open(path, "wb") as f:
+        f.write(img)
+    return path
+
+
+SCRIPT = r'''
+B=/bench
+QEMU_BASE="qemu-system-x86_64 -M microvm -accel kvm -nodefaults -no-user-config -nographic -serial stdio -no-reboot"
+have_vmm=0; [ -x /bin/cella-vmm ] && have_vmm=1
+[ -c /dev/kvm ] || { echo "SKIP no /dev/kvm in the sandbox"; exit 1; }
+m() { # GROUP LABEL TIMEOUT CMD...: one measured run; prints RES, OUT, and for Linux, UPT/BT
+	g=$1; l=$2; t=$3; shift 3
+	r=$($B/benchtime -l "$g" -t "$t" -m CELLA-INIT-READY -o /tmp/o -e /tmp/e -- "$@")
+	echo "RES $l $r"
+	printf 'OUT %s %s | %s\n' "$g" "$l" "$(head -c 300 /tmp/o | tr -c 'A-Za-z0-9=._:-' ' ' | tr -s ' ' | head -c 100)"
+	if [ "$g" = linux ]; then
+		echo "UPT $l $(grep -o 'CELLA-INIT-READY uptime=[0-9.]*' /tmp/o | head -1 | cut -d= -f2)"
+		echo "BT $l $(grep -i 'boot.timer' /tmp/e | head -1)"
+	fi
+	case "$r" in *status=0) ;; *) echo "ERR $g $l: $(tail -c 400 /tmp/e | tr '\n' ' ')" ;; esac
+}
+echo "INFO kernel $(uname -r) cpus $(grep -c ^processor /proc/cpuinfo) mem $(grep MemTotal /proc/meminfo | tr -s ' ')"
+i=0
+while [ $i -lt $((TINY_WARMUP + TINY_RUNS)) ]; do
+	[ $i -lt $TINY_WARMUP ] && g=warm || g=tiny
+	m $g floor 30 $B/kvm_floor $B/tiny.bin 16
+	[ $have_vmm = 1 ] && m $g cella-vmm 30 cella-vmm --kernel $B/tiny.bin --memory 16 --cpus 1 --console stdio
+	m $g qemu 30 $QEMU_BASE -m 16 -bios $B/tiny.bin
+	i=$((i + 1))
+done
+i=0
+while [ $i -lt $((BOOT_WARMUP + BOOTS)) ]; do
+	[ $i -lt $BOOT_WARMUP ] && g=warmlinux || g=linux
+	[ $have_vmm = 1 ] && m $g cella-vmm 120 cella-vmm --kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --cmdline "$CMDLINE" --memory 256 --cpus 1 --console stdio
+	m $g qemu 120 $QEMU_BASE -cpu host -m 256 -smp 1 -kernel /kit/vmlinuz -initrd /kit/initramfs.cpio.gz -append "$CMDLINE"
+	i=$((i + 1))
+done
+echo DONE
+'''
+
+
+def parse(output):
+    """{(group, label): [dict(fields)]}, plus notes and errors."""
+    res, outs, notes = {}, {}, []
+    pending = {}
+    for line in output.splitlines():
+        a = line.split(" ", 2)
+        if a[0] == "RES" and len(a) == 3:
+            f = a[2].split()
+            rec = dict(kv.split("=", 1) for kv in f[1:] if "=" in kv)
+            rec = {k: float(v) for k, v in rec.items()}
+            res.setdefault((f[0], a[1]), []).append(rec)
+            pending[a[1]] = rec
+        elif a[0] == "UPT" and a[1] in pending:
+            try:
+                pending[a[1]]["uptime_s"] = float(a[2])
+            except (IndexError, ValueError):
+                pass
+        elif a[0] == "BT" and a[1] in pending and len(a) == 3 and a[2].strip():
+            pending[a[1]]["bt"] = a[2].strip()
+        elif a[0] == "OUT":
+            outs.setdefault(a[1] + " " + a[2].split(" | ")[0], a[2].split(" | ", 1)[-1])
+        elif a[0] in ("ERR", "SKIP", "INFO"):
+            notes.append(line)
+    return res, outs, notes
+
+
+def bt_ms(text):
+    """The time in a boot-timer log line, in ms ('... 123.4 ms' or '... 0.1234 s')."""
+    m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|us|µs|s)\b", text)
+    if not m:
+        return None
+    v = float(m.group(1))
+    return {"ms": v, "us": v / 1e3, "µs": v / 1e3, "s": v * 1e3}[m.group(2)]
+
+
+def med(recs, key):
+    xs = [r[key] for r in recs if key in r and r[key] >= 0]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, spec="9.1f"):
+    return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
+
+
+def report(res, outs, notes, tiny_runs, boots):
+    for n in notes:
+        log(n)
+    log("")
+    log(f"(a) tiny guest (serial byte, then i8042 reset / triple fault), median of {tiny_runs} "
+        "runs, in the nested sandbox")
+    log(f"  {'program':<10} {'first byte ms':>14} {'exit ms':>9} {'peak RSS MiB':>13} {'ok':>5}  output")
+    rows = {}
+    for label in ("floor", "cella-vmm", "qemu"):
+        recs = res.get(("tiny", label))
+        if not recs:
+            continue
+        ok = sum(1 for r in recs if r["status"] == 0)
+        fb, ex, rss = med(recs, "first_byte_ms"), med(recs, "wall_ms"), med(recs, "maxrss_kb")
+        rows[label] = (fb, ex, rss)
+        log(f"  {label:<10} {fmt(fb, '14.2f')} {fmt(ex, '9.2f')} {rss / 1024:13.2f} "
+            f"{ok:>2}/{len(recs):<2}  {outs.get('tiny ' + label, '')[:30]!r}")
+    if "cella-vmm" in rows:
+        fb, ex, rss = rows["cella-vmm"]
+        if "floor" in rows:
+            r = ex / rows["floor"][1]
+            log(f"  cella-vmm/floor: exit {r:.2f}x [target <= 1.30x: {'MET' if r <= 1.3 else 'NOT MET'}], "
+                f"first byte {fb / rows['floor'][0]:.2f}x, RSS {rss / rows['floor'][2]:.2f}x")
+        log(f"  cella-vmm peak RSS {rss / 1024:.2f} MiB [target <= 2 MiB: {'MET' if rss <= 2048 else 'NOT MET'}]")
+        if "qemu" in rows:
+            q = rows["qemu"]
+            log(f"  cella-vmm/qemu: first byte {fb / q[0]:.2f}x, exit {ex / q[1]:.2f}x, RSS {rss / q[2]:.2f}x")
+    log("")
+    log(f"(b) Linux boot (Debian bzImage + guest-kit initramfs, 256 MiB, 1 vCPU, \"{CMDLINE}\"), "
+        f"median of {boots} boots, in the same sandbox run")
+    log(f"  {'program':<10} {'marker ms':>10} {'guest uptime ms':>16} {'boot timer ms':>14} "
+        f"{'exit ms':>9} {'peak RSS MiB':>13} {'ok':>5}")
+    rows = {}
+    for label in ("cella-vmm", "qemu"):
+        recs = res.get(("linux", label))
+        if not recs:
+            continue
+        for r in recs:
+            if "bt" in r and bt_ms(r["bt"]) is not None:
+                r["bt_ms"] = bt_ms(r["bt"])
+            if "uptime_s" in r:
+                r["uptime_ms"] = r["uptime_s"] * 1e3
+        ok = sum(1 for r in recs if r["status"] == 0 and r["marker_ms"] >= 0)
+        mk, up, bt = med(recs, "marker_ms"), med(recs, "uptime_ms"), med(recs, "bt_ms")
+        ex, rss = med(recs, "wall_ms"), med(recs, "maxrss_kb")
+        rows[label] = (mk, ex, rss)
+        log(f"  {label:<10} {fmt(mk, '10.1f')} {fmt(up, '16.1f')} {fmt(bt, '14.1f')} {fmt(ex, '9.1f')} "
+            f"{rss / 1024:13.2f} {ok:>2}/{len(recs):<2}")
+    if "cella-vmm" in rows and "qemu" in rows and rows["cella-vmm"][0] and rows["qemu"][0]:
+        c, q = rows["cella-vmm"], rows["qemu"]
+        r = c[0] / q[0]
+        log(f"  cella-vmm/qemu: marker {r:.2f}x [target < 1.00x: {'MET' if r < 1 else 'NOT MET'}], "
+            f"exit {c[1] / q[1]:.2f}x, RSS {c[2] / q[2]:.2f}x")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=20, help="tiny-guest runs per program (default 20)")
+    ap.add_argument("-b", type=int, default=5, help="Linux boots per VMM (default 5)")
+    ap.add_argument("--timeout", type=float, default=1500)
+    args = ap.parse_args()
+
+    if not shutil.which(QEMU):
+        log(f"skip vmm bench: {QEMU} not installed (apt-get install -y qemu-system-x86)")
+        return 0
+    for h in ("benchtime", "kvm_floor"):
+        if not os.access(os.path.join(HELPERS, h), os.X_OK):
+            log(f"skip vmm bench: build/bench/{h} missing (bench/run builds it)")
+            return 0
+    sys.path.insert(0, os.path.join(TOP, "tests", "sandbox"))
+    try:
+        import sandbox
+    except ImportError as e:
+        log(f"skip vmm bench: the nested-KVM sandbox (tests/sandbox/sandbox.py) is not there ({e})")
+        return 0
+    ok, reason = sandbox.available()
+    if not ok:
+        log(f"skip vmm bench: sandbox unavailable: {reason}")
+        return 0
+    os.makedirs(WORK, exist_ok=True)
+    if not os.access(VMM_STATIC, os.X_OK):
+        log("skip cella-vmm rows: build/cella-vmm-static not built yet (make)")
+    tiny = tiny_guest()
+
+    script = (f"TINY_WARMUP=2 TINY_RUNS={args.n} BOOT_WARMUP=1 BOOTS={args.b}\n"
+              f"CMDLINE='{CMDLINE}'\n" + SCRIPT)
+    files = [(os.path.join(HELPERS, "benchtime"), "/bench/benchtime"),
+             (os.path.join(HELPERS, "kvm_floor"), "/bench/kvm_floor"),
+             (tiny, "/bench/tiny.bin")]
+    log(f"vmm bench: one sandbox boot (QEMU TCG -cpu max, nested kvm-amd), {args.n} tiny runs "
+        f"and {args.b} Linux boots per program; raw log: {os.path.relpath(WORK, TOP)}/sandbox.log")
+    with open(os.path.join(WORK, "sandbox.log"), "w") as logf:
+        try:
+            status, output = sandbox.run(script, files=files, with_qemu=True, timeout=args.timeout,
+                                         stream=logf)
+        except sandbox.SandboxError as e:
+            logf.write(e.output or "")
+            # The script's own DONE line proves every measurement was printed: keep them even
+            # when the sandbox lost its end-of-script marker.
+            if "\nDONE\n" not in (e.output or ""):
+                log(f"vmm bench failed: sandbox: {e} (see {os.path.relpath(WORK, TOP)}/sandbox.log)")
+                return 1
+            log(f"note: sandbox reported \"{e}\" after the script printed DONE; figures kept")
+            output = e.output[e.output.find("\nINFO "):]
+    res, outs, notes = parse(output)
+    if "DONE" not in output:
+        log(f"vmm bench: sandbox script ended early (status {status})")
+    report(res, outs, notes, args.n, args.b)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
