@@ -85,7 +85,8 @@ int cgroup_enter(struct cgroup_instance *inst, pid_t pid, struct cella_err *err)
  * deduplicated, ascending. *out is malloc'd (NULL when n == 0). */
 int cgroup_get_pids(struct cgroup_instance *inst, pid_t **out, size_t *n, struct cella_err *err);
 
-/* Sends sig to every pid of cgroup_get_pids (for kill --all). ESRCH is ignored. */
+/* Sends sig to every pid of cgroup_get_pids (for kill --all). ESRCH is ignored. Fake managers
+ * never signal anything. */
 int cgroup_kill_all(struct cgroup_instance *inst, int sig, struct cella_err *err);
 
 /* Removes the container's directories (nested ones first) in every hierarchy, and parents that
@@ -103,7 +104,9 @@ int cgroup_instance_lookup(struct cgroup_manager *mgr, const char *cgroups_path,
 
 /* Serialization for the state file. The JSON is an object:
  *   {"mode":"hybrid","dirs":[{"type":"v1","controllers":"memory","mount":"/sys/fs/cgroup/memory",
- *     "path":"/sys/fs/cgroup/memory/cella/x","created":2}, ...]}
+ *     "path":"/sys/fs/cgroup/memory/cella/x","rel":"/cella/x","created":2}, ...]}
+ * ("created" = trailing components of rel that destroy removes; the default "/cella" parent
+ * counts as the runtime's own and goes when the last container using it is destroyed).
  * Load validates that every path lies inside one of mgr's cgroup mounts. */
 json_t *cgroup_instance_to_json(const struct cgroup_instance *inst);
 int cgroup_instance_from_json(struct cgroup_manager *mgr, const json_t *j, struct cgroup_instance **out,
