@@ -1253,18 +1253,21 @@ static int check_sysctl(const struct oci_config *cfg, const char *key, struct ce
 	if (in_list(ipc_keys, key) || has_prefix(key, "fs.mqueue.")) {
 		if (oci_config_has_namespace(cfg, OCI_NS_IPC))
 			return 0;
-		return cella_err_set(err, EINVAL, "linux.sysctl: \"%s\" needs an ipc namespace (not allowed in the host's)", key);
+		return cella_err_set(err, EINVAL,
+				     "linux.sysctl: \"%s\" needs an ipc namespace (not allowed in the host's)", key);
 	}
 	if (has_prefix(key, "net.")) {
 		if (oci_config_has_namespace(cfg, OCI_NS_NET))
 			return 0;
-		return cella_err_set(err, EINVAL, "linux.sysctl: \"%s\" needs a network namespace (not allowed in the host's)", key);
+		return cella_err_set(err, EINVAL,
+				     "linux.sysctl: \"%s\" needs a network namespace (not allowed in the host's)", key);
 	}
 	if (oci_config_has_namespace(cfg, OCI_NS_UTS)) {
 		if (!strcmp(key, "kernel.domainname"))
 			return 0;
 		if (!strcmp(key, "kernel.hostname"))
-			return cella_err_set(err, EINVAL, "linux.sysctl: \"%s\" is not allowed: use the \"hostname\" field", key);
+			return cella_err_set(err, EINVAL,
+					     "linux.sysctl: \"%s\" is not allowed: use the \"hostname\" field", key);
 	}
 	return cella_err_set(err, EINVAL, "linux.sysctl: \"%s\" is not in a separate kernel namespace", key);
 }
@@ -1285,7 +1288,8 @@ static int check_semantics(const struct oci_config *cfg, struct cella_err *err)
 		return cella_err_set(err, EINVAL, "%s: required with a new user namespace",
 				     l->n_uid_mappings ? "linux.gidMappings" : "linux.uidMappings");
 	if (cfg->hostname && *cfg->hostname && !oci_config_has_namespace(cfg, OCI_NS_UTS))
-		return cella_err_set(err, EINVAL, "hostname: setting the hostname needs a uts namespace in linux.namespaces");
+		return cella_err_set(err, EINVAL,
+				     "hostname: setting the hostname needs a uts namespace in linux.namespaces");
 	if (cfg->domainname && *cfg->domainname && !oci_config_has_namespace(cfg, OCI_NS_UTS))
 		return cella_err_set(err, EINVAL,
 				     "domainname: setting the domainname needs a uts namespace in linux.namespaces");

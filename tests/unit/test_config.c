@@ -38,8 +38,9 @@ static const struct {
 	uint64_t attr;
 	const char *name;
 } attr_names[] = {
-	{ MOUNT_ATTR_RDONLY, "RDONLY" },     { MOUNT_ATTR_NOSUID, "NOSUID" },	  { MOUNT_ATTR_NODEV, "NODEV" },
-	{ MOUNT_ATTR_NOEXEC, "NOEXEC" },     { MOUNT_ATTR_NOATIME, "NOATIME" },	  { MOUNT_ATTR_STRICTATIME, "STRICTATIME" },
+	{ MOUNT_ATTR_RDONLY, "RDONLY" },	 { MOUNT_ATTR_NOSUID, "NOSUID" },
+	{ MOUNT_ATTR_NODEV, "NODEV" },		 { MOUNT_ATTR_NOEXEC, "NOEXEC" },
+	{ MOUNT_ATTR_NOATIME, "NOATIME" },	 { MOUNT_ATTR_STRICTATIME, "STRICTATIME" },
 	{ MOUNT_ATTR_NODIRATIME, "NODIRATIME" }, { MOUNT_ATTR_NOSYMFOLLOW, "NOSYMFOLLOW" },
 };
 
@@ -620,8 +621,10 @@ static void test_mount_options(void)
 {
 	struct cella_err err = { 0 };
 #define S(x) ((char *)(x)) /* option vectors are char ** in the struct */
-	char *opts[] = { S("rbind"), S("ro"),	    S("nosuid"),    S("rw"),	   S("rslave"), S("rnoexec"), S("rrelatime"),
-			 S("mode=755"), S("size=1m"), S("tmpcopyup"), S("defaults"), S(""),	NULL };
+	char *opts[] = { S("rbind"),	S("ro"),	S("nosuid"),   S("rw"),
+			 S("rslave"),	S("rnoexec"),	S("rrelatime"), S("mode=755"),
+			 S("size=1m"),	S("tmpcopyup"), S("defaults"),	S(""),
+			 NULL };
 	struct oci_mount m = { .options = opts };
 	TAP_OK(oci_mount_parse_options(&m, "mounts[0]", &err) == 0, "parse options");
 	TAP_OK(m.bind && (m.flags & (MS_BIND | MS_REC)) == (MS_BIND | MS_REC), "rbind sets MS_BIND|MS_REC");
