@@ -169,10 +169,12 @@ _Noreturn void container_init(struct init_args *a)
 	/* Only stdio and --preserve-fds survive exec. */
 	syscall(SYS_close_range, 3 + a->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
 
+	/* The runtime exits right after SYNC_ACK: stop tying our life to it first. If it dies before
+	 * the ACK, expect() sees EOF and we exit. */
+	prctl(PR_SET_PDEATHSIG, 0);
 	sync_send(a->sync_fd, SYNC_READY, 0, 0, NULL);
 	expect(a, SYNC_ACK);
 	close(a->sync_fd);
-	prctl(PR_SET_PDEATHSIG, 0);
 
 	/* Blocks until `start` opens the fifo for reading. */
 	char name[16];

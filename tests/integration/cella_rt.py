@@ -1,0 +1,199 @@
+"""Helpers for the runtime integration tests: a private --root per test, busybox bundles, and a
+leak check (mounts, cgroups, state dir, processes) after every test."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BUILD, REPO, need_root
+
+CELLA = BUILD / "cella"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def mountinfo():
+    with open("/proc/self/mountinfo") as f:
+        # mount id, mount point
+        return {(l.split()[0], l.split()[4]) for l in f}
+
+
+def pid_namespaces():
+    """pid -> pid namespace inode, for every process we can see."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out[int(d)] = os.readlink(f"/proc/{d}/ns/pid")
+            except OSError:
+                pass
+    return out
+
+
+def cgroup_dirs_named(names):
+    """Directories under any hierarchy (and /sys/fs/cgroup/unified) whose name is in names."""
+    found = []
+    if not names:
+        return found
+    for top, dirs, _ in os.walk(CGROUP_ROOT):
+        depth = Path(top).relative_to(CGROUP_ROOT).parts
+        if len(depth) > 5:
+            dirs[:] = []
+            continue
+        for d in dirs:
+            if d in names:
+                found.append(os.path.join(top, d))
+    return found
+
+
+_bundle_cache = {}
+
+
+def base_bundle():
+    if "path" not in _bundle_cache:
+        p = subprocess.run([str(REPO / "scripts/mk-bundle.sh")], capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            pytest.skip(f"cannot build the busybox bundle: {p.stderr.strip()[-200:]}")
+        _bundle_cache["path"] = Path(p.stdout.strip().splitlines()[-1])
+    return _bundle_cache["path"]
+
+
+class Result:
+    def __init__(self, rc, out, err):
+        self.returncode, self.stdout, self.stderr = rc, out, err
+
+    def __repr__(self):
+        return f"<rc={self.returncode} out={self.stdout!r} err={self.stderr!r}>"
+
+
+class Runtime:
+    """One test's runtime: a private state root, bundles, and the ids it used."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.root = tmp / "state"
+        self.ids = set()
+        self.cgroup_names = set()
+        self.n = 0
+        self.tag = f"ct{os.getpid()}x{int(time.time() * 1000) % 100000000}"
+
+    def new_id(self):
+        self.n += 1
+        cid = f"{self.tag}-{self.n}"
+        self.ids.add(cid)
+        self.cgroup_names.add(cid)
+        return cid
+
+    def bundle(self, args=None, name="bundle", edit=None):
+        dst = self.tmp / name
+        if not dst.exists():
+            shutil.copytree(base_bundle(), dst, symlinks=True)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["process"]["terminal"] = False
+        if args is not None:
+            cfg["process"]["args"] = args
+        if edit:
+            edit(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg, indent=1))
+        return dst
+
+    def edit_config(self, bundle, fn):
+        cfg = json.loads((bundle / "config.json").read_text())
+        fn(cfg)
+        (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
+
+    def cmd(self, *args, timeout=60, stdin=subprocess.DEVNULL, pass_fds=(), env=None, global_args=()):
+        """Runs cella with stdout/stderr in files (a created container inherits them)."""
+        self.n += 1
+        outp, errp = self.tmp / f"out.{self.n}", self.tmp / f"err.{self.n}"
+        with open(outp, "w") as o, open(errp, "w") as e:
+            p = subprocess.run([str(CELLA), "--root", str(self.root), *global_args, *map(str, args)],
+                               stdin=stdin, stdout=o, stderr=e, timeout=timeout, pass_fds=pass_fds, env=env)
+        return Result(p.returncode, outp.read_text(), errp.read_text())
+
+    def ok(self, *args, **kw):
+        r = self.cmd(*args, **kw)
+        assert r.returncode == 0, f"cella {' '.join(map(str, args))}: {r}"
+        return r
+
+    def state(self, cid):
+        return json.loads(self.ok("state", cid).stdout)
+
+    def run(self, bundle, *extra, cid=None, **kw):
+        cid = cid or self.new_id()
+        return self.cmd("run", "--bundle", bundle, *extra, cid, **kw)
+
+    def wait_status(self, cid, status, timeout=5):
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.state(cid)["status"] == status:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{cid} never reached {status}: {self.state(cid)}")
+
+    def force_cleanup(self):
+        if self.root.exists():
+            for cid in os.listdir(self.root):
+                self.cmd("delete", "--force", cid)
+
+
+def check_leaks(rt: Runtime, mounts_before, pidns_before):
+    problems = []
+    time.sleep(0.05)
+    new_mounts = mountinfo() - mounts_before
+    if new_mounts:
+        problems.append(f"new mounts: {sorted(new_mounts)}")
+    cgs = cgroup_dirs_named(rt.cgroup_names)
+    if cgs:
+        problems.append(f"cgroup dirs left: {cgs}")
+    if rt.root.exists() and os.listdir(rt.root):
+        problems.append(f"state dir not empty: {os.listdir(rt.root)}")
+    own = os.readlink("/proc/self/ns/pid")
+    for _ in range(50):
+        now = pid_namespaces()
+        strays = {p: ns for p, ns in now.items() if ns != own and p not in pidns_before}
+        if not strays:
+            break
+        time.sleep(0.05)
+    if strays:
+        desc = []
+        for p in strays:
+            try:
+                desc.append(f"{p}:{open(f'/proc/{p}/cmdline').read().replace(chr(0), ' ')}")
+            except OSError:
+                pass
+        if desc:
+            problems.append(f"processes left in container pid namespaces: {desc}")
+    return problems
+
+
+@pytest.fixture
+def rt(tmp_path):
+    need_root()
+    if not CELLA.exists():
+        pytest.skip(f"{CELLA} not built")
+    base_bundle()
+    mounts_before = mountinfo()
+    pidns_before = set(pid_namespaces())
+    r = Runtime(tmp_path)
+    yield r
+    problems = check_leaks(r, mounts_before, pidns_before)
+    if problems:
+        r.force_cleanup()
+        for cid in r.cgroup_names:
+            for d in sorted(cgroup_dirs_named({cid}), key=len, reverse=True):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+        pytest.fail("leaks after test: " + "; ".join(problems))
+
+
+def status_field(text, key):
+    m = re.search(rf"^{key}:\s*(.*)$", text, re.M)
+    return m.group(1).strip() if m else None
