@@ -1,0 +1,218 @@
+/* cella-vmm: runs one micro-VM. Parses flags (over an optional JSON config), makes one library call,
+ * and turns the way the VM ended into an exit status:
+ *   0    the guest powered off or rebooted
+ *   1    bad input or no usable KVM: nothing ran
+ *   2    the VM failed (an unrecoverable vCPU exit; details in the log)
+ *   128+N  stopped by signal N */
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "vmm/vmm.h"
+
+static const char usage[] =
+	"Usage: cella-vmm --kernel PATH [options]\n"
+	"       cella-vmm --config FILE.json [options]\n"
+	"\n"
+	"Runs one KVM micro-VM until the guest powers off or reboots.\n"
+	"\n"
+	"  --kernel PATH        bzImage, ELF vmlinux (PVH entry), or a flat binary (real mode at 0x1000:0)\n"
+	"  --initrd PATH        initial ramdisk\n"
+	"  --cmdline STR        kernel command line (default: \"" VMM_DEFAULT_CMDLINE "\")\n"
+	"  --cpus N             vCPUs, 1..32 (default 1)\n"
+	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
+	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
+	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console}; flags override\n"
+	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
+	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
+	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
+	"  -h, --help           this text\n"
+	"\n"
+	"Exit status: 0 guest poweroff or reboot, 1 bad input or no usable KVM, 2 VM failure,\n"
+	"128+N stopped by signal N.\n";
+
+enum {
+	OPT_KERNEL = 256,
+	OPT_INITRD,
+	OPT_CMDLINE,
+	OPT_CPUS,
+	OPT_MEMORY,
+	OPT_CONSOLE,
+	OPT_CONFIG,
+	OPT_LOG_LEVEL,
+	OPT_KVM_DEVICE,
+	OPT_DEBUG_DEVICE,
+};
+
+static const struct option options[] = {
+	{ "kernel", required_argument, NULL, OPT_KERNEL },
+	{ "initrd", required_argument, NULL, OPT_INITRD },
+	{ "cmdline", required_argument, NULL, OPT_CMDLINE },
+	{ "cpus", required_argument, NULL, OPT_CPUS },
+	{ "memory", required_argument, NULL, OPT_MEMORY },
+	{ "console", required_argument, NULL, OPT_CONSOLE },
+	{ "config", required_argument, NULL, OPT_CONFIG },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "kvm-device", required_argument, NULL, OPT_KVM_DEVICE },
+	{ "debug-device", no_argument, NULL, OPT_DEBUG_DEVICE },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("cella-vmm: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	return 1;
+}
+
+static int set_string(char **slot, const char *value)
+{
+	char *copy = strdup(value);
+	if (!copy)
+		return -1;
+	free(*slot);
+	*slot = copy;
+	return 0;
+}
+
+static int parse_level(const char *s, enum cella_log_level *out)
+{
+	static const struct {
+		const char *name;
+		enum cella_log_level level;
+	} levels[] = { { "debug", CELLA_LOG_DEBUG }, { "info", CELLA_LOG_INFO }, { "warn", CELLA_LOG_WARN },
+		       { "error", CELLA_LOG_ERROR } };
+	for (size_t i = 0; i < ARRAY_SIZE(levels); i++)
+		if (!strcmp(s, levels[i].name)) {
+			*out = levels[i].level;
+			return 0;
+		}
+	return -1;
+}
+
+int main(int argc, char **argv)
+{
+	struct cella_err err = { 0 };
+	struct vmm_config cfg;
+	vmm_config_init(&cfg);
+	struct vmm_config flags; /* flags collected first, applied over the JSON config */
+	vmm_config_init(&flags);
+	const char *config_path = NULL, *console = NULL;
+	bool have_cpus = false, have_memory = false;
+	enum cella_log_level level = CELLA_LOG_INFO;
+	int status = 1;
+
+	int opt;
+	while ((opt = getopt_long(argc, argv, "hv", options, NULL)) != -1) {
+		int r = 0;
+		switch (opt) {
+		case OPT_KERNEL: r = set_string(&flags.kernel, optarg); break;
+		case OPT_INITRD: r = set_string(&flags.initrd, optarg); break;
+		case OPT_CMDLINE: r = set_string(&flags.cmdline, optarg); break;
+		case OPT_CPUS: {
+			int64_t n;
+			if (cella_parse_int64(optarg, &n) < 0 || n < 0 || n > 1000000) {
+				status = fail("--cpus: expected a number of vCPUs, got \"%s\"", optarg);
+				goto out;
+			}
+			flags.cpus = (unsigned)n;
+			have_cpus = true;
+			break;
+		}
+		case OPT_MEMORY:
+			if (cella_parse_uint64(optarg, &flags.memory_mib) < 0) {
+				status = fail("--memory: expected a size in MiB, got \"%s\"", optarg);
+				goto out;
+			}
+			have_memory = true;
+			break;
+		case OPT_CONSOLE: console = optarg; break;
+		case OPT_CONFIG: config_path = optarg; break;
+		case OPT_LOG_LEVEL:
+			if (parse_level(optarg, &level) < 0) {
+				status = fail("--log-level: expected debug, info, warn or error, got \"%s\"", optarg);
+				goto out;
+			}
+			break;
+		case 'v': level = CELLA_LOG_DEBUG; break;
+		case OPT_KVM_DEVICE: r = set_string(&flags.kvm_device, optarg); break;
+		case OPT_DEBUG_DEVICE: flags.debug_device = true; break;
+		case 'h':
+			fputs(usage, stdout);
+			status = 0;
+			goto out;
+		default:
+			fputs("Try 'cella-vmm --help'.\n", stderr);
+			goto out;
+		}
+		if (r < 0) {
+			status = fail("%s", "out of memory");
+			goto out;
+		}
+	}
+	if (optind < argc) {
+		status = fail("unexpected argument \"%s\" (try 'cella-vmm --help')", argv[optind]);
+		goto out;
+	}
+	if (cella_log_open(NULL, CELLA_LOG_TEXT, level, &err) < 0) {
+		status = fail("%s", err.msg);
+		goto out;
+	}
+
+	if (config_path && vmm_config_load_json(&cfg, config_path, &err) < 0) {
+		status = fail("%s", err.msg);
+		goto out;
+	}
+	if ((flags.kernel && set_string(&cfg.kernel, flags.kernel) < 0) ||
+	    (flags.initrd && set_string(&cfg.initrd, flags.initrd) < 0) ||
+	    (flags.cmdline && set_string(&cfg.cmdline, flags.cmdline) < 0) ||
+	    (flags.kvm_device && set_string(&cfg.kvm_device, flags.kvm_device) < 0)) {
+		status = fail("%s", "out of memory");
+		goto out;
+	}
+	if (have_cpus)
+		cfg.cpus = flags.cpus;
+	if (have_memory)
+		cfg.memory_mib = flags.memory_mib;
+	cfg.debug_device = flags.debug_device;
+	if (console && vmm_config_set_console(&cfg, console, &err) < 0) {
+		status = fail("%s", err.msg);
+		goto out;
+	}
+
+	struct vmm_result res;
+	if (vmm_run(&cfg, &res, &err) < 0) {
+		status = fail("%s", err.msg);
+		goto out;
+	}
+	switch (res.outcome) {
+	case VMM_POWEROFF:
+	case VMM_REBOOT:
+		status = 0;
+		break;
+	case VMM_FAILED:
+		log_error("VM failed: %s", res.reason);
+		status = 2;
+		break;
+	case VMM_SIGNALED:
+		status = 128 + res.signal;
+		break;
+	}
+	log_debug("VM ended: %s (%s)", vmm_outcome_name(res.outcome), res.reason);
+out:
+	vmm_config_free(&cfg);
+	vmm_config_free(&flags);
+	cella_log_close();
+	return status;
+}

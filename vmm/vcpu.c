@@ -1,0 +1,308 @@
+/* vCPU threads: set up from the boot entry, run KVM_RUN, dispatch exits.
+ *
+ * Stopping never hangs: vcpus_stop sets vm->stopping, sets kvm_run->immediate_exit on every vCPU
+ * (so a thread about to enter KVM_RUN returns at once) and sends each thread VCPU_KICK_SIGNAL (so a
+ * thread inside KVM_RUN, including an AP still waiting for INIT/SIPI, returns with EINTR). The kick
+ * signal's handler does nothing; it is unblocked only in vCPU threads. Kicks repeat until every
+ * thread has been joined. */
+#include <errno.h>
+#include <inttypes.h>
+#include <linux/kvm.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "vmm/vm.h"
+#include "vmm/x86/cpu.h"
+
+#define VCPU_KICK_SIGNAL SIGUSR1
+
+static void kick_handler(int sig)
+{
+	(void)sig;
+}
+
+int vcpu_signals_init(struct cella_err *err)
+{
+	struct sigaction sa = { .sa_handler = kick_handler, .sa_flags = SA_RESTART };
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(VCPU_KICK_SIGNAL, &sa, NULL) < 0)
+		return cella_err_sys(err, errno, "sigaction(SIGUSR1)");
+	return 0;
+}
+
+int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot, struct cella_err *err)
+{
+	struct vcpu *v = &vm->vcpus[index];
+	v->vm = vm;
+	v->index = index;
+	v->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)index);
+	if (v->fd < 0)
+		return cella_err_sys(err, errno, "vcpu%u: KVM_CREATE_VCPU", index);
+	cella_set_cloexec(v->fd, true);
+	void *run = mmap(NULL, vm->vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+	if (run == MAP_FAILED)
+		return cella_err_sys(err, errno, "vcpu%u: mmap of kvm_run", index);
+	v->run = run;
+	v->run_size = vm->vcpu_mmap_size;
+
+	_cleanup_free_ struct kvm_cpuid2 *cpuid = NULL;
+	int r = x86_cpuid_for_vcpu(vm->cpuid, index, vm->ncpus, &cpuid, err);
+	if (r == 0)
+		r = x86_setup_cpuid(v->fd, cpuid, err);
+	if (r == 0)
+		r = x86_setup_msrs(v->fd, err);
+	if (r == 0)
+		r = x86_setup_fpu(v->fd, err);
+	if (r == 0)
+		r = x86_setup_lapic(v->fd, err);
+	/* The boot processor starts at the entry; APs stay in KVM_MP_STATE_UNINITIALIZED (KVM's default for
+	 * every vCPU but the boot one) until the guest's INIT/SIPI reaches the in-kernel local APIC. */
+	if (r == 0 && index == 0)
+		r = x86_setup_boot_regs(v->fd, boot, err);
+	if (r < 0)
+		return cella_err_wrap(err, "vcpu%u", index);
+	return 0;
+}
+
+void vcpu_destroy(struct vcpu *v)
+{
+	if (v->run)
+		munmap(v->run, v->run_size);
+	v->run = NULL;
+	if (v->fd >= 0)
+		close(v->fd);
+	v->fd = -1;
+}
+
+static const char *exit_reason_name(uint32_t reason)
+{
+	static const char *const names[] = {
+		[KVM_EXIT_UNKNOWN] = "KVM_EXIT_UNKNOWN",
+		[KVM_EXIT_EXCEPTION] = "KVM_EXIT_EXCEPTION",
+		[KVM_EXIT_IO] = "KVM_EXIT_IO",
+		[KVM_EXIT_HYPERCALL] = "KVM_EXIT_HYPERCALL",
+		[KVM_EXIT_DEBUG] = "KVM_EXIT_DEBUG",
+		[KVM_EXIT_HLT] = "KVM_EXIT_HLT",
+		[KVM_EXIT_MMIO] = "KVM_EXIT_MMIO",
+		[KVM_EXIT_IRQ_WINDOW_OPEN] = "KVM_EXIT_IRQ_WINDOW_OPEN",
+		[KVM_EXIT_SHUTDOWN] = "KVM_EXIT_SHUTDOWN",
+		[KVM_EXIT_FAIL_ENTRY] = "KVM_EXIT_FAIL_ENTRY",
+		[KVM_EXIT_INTR] = "KVM_EXIT_INTR",
+		[KVM_EXIT_SET_TPR] = "KVM_EXIT_SET_TPR",
+		[KVM_EXIT_TPR_ACCESS] = "KVM_EXIT_TPR_ACCESS",
+		[KVM_EXIT_NMI] = "KVM_EXIT_NMI",
+		[KVM_EXIT_INTERNAL_ERROR] = "KVM_EXIT_INTERNAL_ERROR",
+		[KVM_EXIT_SYSTEM_EVENT] = "KVM_EXIT_SYSTEM_EVENT",
+	};
+	if (reason < ARRAY_SIZE(names) && names[reason])
+		return names[reason];
+	return "unknown exit";
+}
+
+static void handle_io(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	uint8_t *data = (uint8_t *)run + run->io.data_offset;
+	uint32_t size = run->io.size;
+	/* String I/O (rep ins/outs) comes as count items back to back in the kvm_run page. */
+	if (run->io.data_offset + (uint64_t)size * run->io.count > v->run_size)
+		return;
+	for (uint32_t i = 0; i < run->io.count; i++, data += size) {
+		if (run->io.direction == KVM_EXIT_IO_OUT)
+			bus_write(&v->vm->pio, run->io.port, data, size);
+		else
+			bus_read(&v->vm->pio, run->io.port, data, size);
+	}
+}
+
+static void handle_mmio(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	uint32_t len = run->mmio.len;
+	if (len == 0 || len > sizeof(run->mmio.data))
+		return;
+	if (run->mmio.is_write)
+		bus_write(&v->vm->mmio, run->mmio.phys_addr, run->mmio.data, len);
+	else
+		bus_read(&v->vm->mmio, run->mmio.phys_addr, run->mmio.data, len);
+}
+
+/* Ends the VM because of this vCPU: logs reason and registers. */
+static void fatal_exit(struct vcpu *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fatal_exit(struct vcpu *v, const char *fmt, ...)
+{
+	char msg[200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_error("vcpu%u: %s", v->index, msg);
+	x86_dump_regs(v->fd, v->index);
+	vm_request_end(v->vm, VMM_FAILED, 0, "vcpu%u: %s", v->index, msg);
+}
+
+static void handle_system_event(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	switch (run->system_event.type) {
+	case KVM_SYSTEM_EVENT_SHUTDOWN:
+		log_info("guest poweroff");
+		vm_request_end(v->vm, VMM_POWEROFF, 0, "guest poweroff");
+		break;
+	case KVM_SYSTEM_EVENT_RESET:
+		log_info("guest reboot");
+		vm_request_end(v->vm, VMM_REBOOT, 0, "guest reboot");
+		break;
+	default:
+		fatal_exit(v, "KVM_EXIT_SYSTEM_EVENT type %u", run->system_event.type);
+		break;
+	}
+}
+
+/* One exit; returns false when the vCPU must stop. */
+static bool handle_exit(struct vcpu *v)
+{
+	struct kvm_run *run = v->run;
+	switch (run->exit_reason) {
+	case KVM_EXIT_IO:
+		handle_io(v);
+		return true;
+	case KVM_EXIT_MMIO:
+		handle_mmio(v);
+		return true;
+	case KVM_EXIT_INTR:
+	case KVM_EXIT_IRQ_WINDOW_OPEN:
+		return true;
+	case KVM_EXIT_HLT:
+		/* Only without an in-kernel LAPIC; nothing will wake a halted CPU, so it is an idle stop. */
+		log_debug("vcpu%u: KVM_EXIT_HLT", v->index);
+		return true;
+	case KVM_EXIT_SHUTDOWN:
+		/* A triple fault resets a PC. */
+		log_info("guest reboot (triple fault on vcpu%u)", v->index);
+		vm_request_end(v->vm, VMM_REBOOT, 0, "guest reboot (triple fault)");
+		return false;
+	case KVM_EXIT_SYSTEM_EVENT:
+		handle_system_event(v);
+		return false;
+	case KVM_EXIT_FAIL_ENTRY:
+		fatal_exit(v, "KVM_EXIT_FAIL_ENTRY: hardware entry failure reason 0x%llx",
+			   (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+		return false;
+	case KVM_EXIT_INTERNAL_ERROR: {
+		char extra[128] = "";
+		size_t off = 0;
+		for (uint32_t i = 0; i < run->internal.ndata && i < 4 && off < sizeof(extra); i++)
+			off += (size_t)snprintf(extra + off, sizeof(extra) - off, " 0x%llx",
+						(unsigned long long)run->internal.data[i]);
+		fatal_exit(v, "KVM_EXIT_INTERNAL_ERROR: suberror %u%s%s", run->internal.suberror,
+			   run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION ? " (emulation failure)" : "",
+			   extra[0] ? extra : "");
+		return false;
+	}
+	default:
+		fatal_exit(v, "%s (exit reason %u)", exit_reason_name(run->exit_reason), run->exit_reason);
+		return false;
+	}
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *v = arg;
+	struct vm *vm = v->vm;
+	char name[16];
+	snprintf(name, sizeof(name), "vcpu%u", v->index);
+	pthread_setname_np(pthread_self(), name);
+
+	while (!atomic_load(&vm->stopping)) {
+		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
+			int e = errno;
+			/* EINTR: kicked (or immediate_exit); EAGAIN: an AP woke without SIPI yet. */
+			if (e == EINTR || e == EAGAIN)
+				continue;
+			log_error("vcpu%u: KVM_RUN: %s", v->index, strerror(e));
+			x86_dump_regs(v->fd, v->index);
+			vm_request_end(vm, VMM_FAILED, 0, "vcpu%u: KVM_RUN: %s", v->index, strerror(e));
+			break;
+		}
+		if (!handle_exit(v))
+			break;
+	}
+	log_debug("vcpu%u: stopped", v->index);
+	return NULL;
+}
+
+int vcpus_start(struct vm *vm, struct cella_err *err)
+{
+	/* Threads inherit the mask: everything blocked (the VMM thread takes signals through its
+	 * signalfd) except the kick and the synchronous faults. */
+	sigset_t all, old;
+	sigfillset(&all);
+	sigdelset(&all, VCPU_KICK_SIGNAL);
+	sigdelset(&all, SIGSEGV);
+	sigdelset(&all, SIGBUS);
+	sigdelset(&all, SIGFPE);
+	sigdelset(&all, SIGILL);
+	sigdelset(&all, SIGABRT);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int r = 0;
+	for (unsigned i = 0; i < vm->ncpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setstacksize(&attr, 256 * 1024);
+		int e = pthread_create(&v->thread, &attr, vcpu_thread, v);
+		pthread_attr_destroy(&attr);
+		if (e) {
+			r = cella_err_sys(err, e, "vcpu%u: creating its thread", i);
+			break;
+		}
+		v->thread_started = true;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return r;
+}
+
+void vcpus_stop(struct vm *vm)
+{
+	atomic_store(&vm->stopping, true);
+	for (unsigned round = 0;; round++) {
+		bool left = false;
+		for (unsigned i = 0; i < vm->ncpus; i++) {
+			struct vcpu *v = &vm->vcpus[i];
+			if (!v->thread_started)
+				continue;
+			if (v->run)
+				__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+			pthread_kill(v->thread, VCPU_KICK_SIGNAL);
+		}
+		for (unsigned i = 0; i < vm->ncpus; i++) {
+			struct vcpu *v = &vm->vcpus[i];
+			if (!v->thread_started)
+				continue;
+			struct timespec deadline;
+			clock_gettime(CLOCK_REALTIME, &deadline);
+			deadline.tv_nsec += 20 * 1000 * 1000;
+			if (deadline.tv_nsec >= 1000000000) {
+				deadline.tv_sec++;
+				deadline.tv_nsec -= 1000000000;
+			}
+			int e = pthread_timedjoin_np(v->thread, NULL, &deadline);
+			if (e == 0)
+				v->thread_started = false;
+			else
+				left = true;
+		}
+		if (!left)
+			return;
+		if (round == 50)
+			log_warn("vCPU threads slow to stop; still kicking");
+	}
+}

@@ -1,0 +1,353 @@
+/* vmm_run: one VM from config to end.
+ *
+ * Order: everything that can be checked without KVM first (config, kernel and initrd files, memory
+ * floor, loading the kernel and writing boot tables into freshly mapped guest memory), so bad input
+ * fails before /dev/kvm is touched; then KVM (VM, irqchip, PIT, memory slots), devices on the buses,
+ * vCPUs, the console, and the event loop. Teardown runs in reverse on every path. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/kvm.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "base/util.h"
+#include "vmm/console.h"
+#include "vmm/vm.h"
+#include "vmm/x86/boot.h"
+#include "vmm/x86/cpu.h"
+
+/* A read-only private mapping of a whole file (kernel, initrd). */
+struct mapped_file {
+	const uint8_t *data;
+	size_t len;
+};
+
+static void unmap_file(struct mapped_file *f)
+{
+	if (f->data && f->len)
+		munmap((void *)f->data, f->len);
+	f->data = NULL;
+	f->len = 0;
+}
+
+static int map_file(const char *what, const char *path, uint64_t max, struct mapped_file *out,
+		    struct cella_err *err)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return cella_err_sys(err, errno, "%s: %s", what, path);
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return cella_err_sys(err, errno, "%s: %s", what, path);
+	if (!S_ISREG(st.st_mode))
+		return cella_err_set(err, EINVAL, "%s: %s: not a regular file", what, path);
+	if (st.st_size == 0)
+		return cella_err_set(err, EINVAL, "%s: %s: empty file", what, path);
+	if ((uint64_t)st.st_size > max)
+		return cella_err_set(err, EFBIG, "%s: %s: %" PRIu64 " MiB does not fit in %" PRIu64 " MiB", what, path,
+				     ((uint64_t)st.st_size + (1 << 20) - 1) >> 20, max >> 20);
+	void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (p == MAP_FAILED)
+		return cella_err_sys(err, errno, "%s: %s: mmap", what, path);
+	out->data = p;
+	out->len = (size_t)st.st_size;
+	return 0;
+}
+
+/* --- hooks devices call --- */
+
+static int host_set_irq(void *ctx, unsigned irq, int level)
+{
+	return vm_set_irq(ctx, irq, level);
+}
+
+static void host_event(void *ctx, enum hw_event event, const char *why)
+{
+	struct vm *vm = ctx;
+	log_info("%s", why);
+	vm_request_end(vm, event == HW_EVENT_POWEROFF ? VMM_POWEROFF : VMM_REBOOT, 0, "%s", why);
+}
+
+static void host_wake(void *ctx)
+{
+	vm_wake(ctx);
+}
+
+/* --- setup --- */
+
+static int load_guest(struct vm *vm, const struct vmm_config *cfg, struct x86_boot_entry *entry,
+		      struct cella_err *err)
+{
+	struct mapped_file kernel = { 0 }, initrd = { 0 };
+	uint64_t mem = cfg->memory_mib << 20;
+	int r = map_file("kernel", cfg->kernel, VMM_MAX_KERNEL_BYTES, &kernel, err);
+	if (r < 0)
+		return r;
+	enum x86_kernel_kind kind = x86_kernel_kind(kernel.data, kernel.len);
+	uint64_t floor = kind == X86_KERNEL_FLAT ? VMM_MIN_MEMORY_MIB_FLAT : VMM_MIN_MEMORY_MIB_LINUX;
+	if (cfg->memory_mib < floor) {
+		r = cella_err_set(err, EINVAL, "memory: %" PRIu64 " MiB is below the minimum of %" PRIu64
+				  " MiB for a %s kernel", cfg->memory_mib, floor,
+				  kind == X86_KERNEL_FLAT ? "flat-binary" : "Linux");
+		goto out;
+	}
+	if (cfg->initrd && (r = map_file("initrd", cfg->initrd, mem, &initrd, err)) < 0) {
+		if (r == -EFBIG)
+			r = cella_err_set(err, EFBIG, "initrd: %s: does not fit in %" PRIu64 " MiB of guest memory",
+					  cfg->initrd, cfg->memory_mib);
+		goto out;
+	}
+	if ((r = vm_alloc_ram(vm, mem, err)) < 0)
+		goto out;
+	struct x86_guest_mem gm = { .host = vm->ram, .size = vm->ram_size };
+	struct x86_boot_params params = {
+		.kernel = kernel.data,
+		.kernel_len = kernel.len,
+		.initrd = initrd.data,
+		.initrd_len = initrd.len,
+		.cmdline = cfg->cmdline ? cfg->cmdline : (kind == X86_KERNEL_FLAT ? "" : VMM_DEFAULT_CMDLINE),
+		.ncpus = cfg->cpus,
+	};
+	r = x86_load_kernel(&gm, &params, entry, err);
+	if (r == 0 && kind != X86_KERNEL_FLAT) {
+		r = x86_write_mptable(&gm, cfg->cpus, err);
+		if (r == 0)
+			r = x86_write_acpi(&gm, cfg->cpus, err);
+	}
+	if (r == 0)
+		log_debug("kernel %s loaded as %s; entry mode %d at 0x%" PRIx64, cfg->kernel,
+			  kind == X86_KERNEL_BZIMAGE ? "bzImage" : kind == X86_KERNEL_ELF_PVH ? "ELF (PVH)" : "flat binary",
+			  (int)entry->mode, entry->rip);
+out:
+	unmap_file(&kernel);
+	unmap_file(&initrd);
+	return r;
+}
+
+static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, struct cella_err *err)
+{
+	int r;
+	vm->host = (struct hw_host){ .set_irq = host_set_irq, .event = host_event, .wake = host_wake, .ctx = vm };
+	if ((r = serial_8250_new(&vm->host, SERIAL_COM1_IRQ, out_fd, &vm->serial, err)) < 0 ||
+	    (r = i8042_new(&vm->host, &vm->i8042, err)) < 0 || (r = acpi_pm_new(&vm->host, &vm->acpi_pm, err)) < 0 ||
+	    (r = boot_timer_new(vm->start_ns, &vm->boot_timer, err)) < 0 ||
+	    (r = legacy_new(&vm->host, &vm->legacy, err)) < 0)
+		return r;
+	struct {
+		struct bus *bus;
+		uint64_t base, len;
+		const struct bus_ops *ops;
+		void *opaque;
+		const char *name;
+	} table[] = {
+		{ &vm->pio, SERIAL_COM1_BASE, 8, &serial_8250_ops, vm->serial, "serial (COM1)" },
+		{ &vm->pio, I8042_DATA_PORT, 1, &i8042_data_ops, vm->i8042, "i8042 data" },
+		{ &vm->pio, I8042_CMD_PORT, 1, &i8042_cmd_ops, vm->i8042, "i8042 command" },
+		{ &vm->pio, X86_ACPI_PM1A_EVT, 4, &acpi_pm_evt_ops, vm->acpi_pm, "acpi pm1a event" },
+		{ &vm->pio, X86_ACPI_PM1A_CNT, 2, &acpi_pm_cnt_ops, vm->acpi_pm, "acpi pm1a control" },
+		{ &vm->pio, BOOT_TIMER_PORT, 1, &boot_timer_ops, vm->boot_timer, "boot timer" },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(table); i++)
+		if ((r = bus_register(table[i].bus, table[i].base, table[i].len, table[i].ops, table[i].opaque,
+				      table[i].name, err)) < 0)
+			return r;
+	if ((r = legacy_register(vm->legacy, &vm->pio, err)) < 0)
+		return r;
+	if (cfg->debug_device) {
+		if ((r = debug_device_new(&vm->debug_device, err)) < 0 ||
+		    (r = bus_register(&vm->mmio, VMM_DEBUG_DEVICE_ADDR, DEBUG_DEVICE_LEN, &debug_device_ops,
+				      vm->debug_device, "debug device", err)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static void free_devices(struct vm *vm)
+{
+	serial_8250_free(vm->serial);
+	i8042_free(vm->i8042);
+	acpi_pm_free(vm->acpi_pm);
+	boot_timer_free(vm->boot_timer);
+	legacy_free(vm->legacy);
+	debug_device_free(vm->debug_device);
+	vm->serial = NULL;
+	vm->i8042 = NULL;
+	vm->acpi_pm = NULL;
+	vm->boot_timer = NULL;
+	vm->legacy = NULL;
+	vm->debug_device = NULL;
+	bus_free(&vm->pio);
+	bus_free(&vm->mmio);
+}
+
+/* --- the VMM thread's event loop --- */
+
+#define INPUT_CHUNK 256
+
+static void event_loop(struct vm *vm, struct console *con, int sig_fd)
+{
+	uint8_t pending[INPUT_CHUNK];
+	size_t pending_len = 0;
+	bool input = con->in_fd >= 0;
+
+	while (!atomic_load(&vm->stopping)) {
+		/* Hand over what was read but did not fit; read more only when it all fit. */
+		if (pending_len) {
+			size_t n = serial_8250_receive(vm->serial, pending, pending_len);
+			memmove(pending, pending + n, pending_len - n);
+			pending_len -= n;
+		}
+		struct pollfd fds[3] = {
+			{ .fd = vm->wake_fd, .events = POLLIN },
+			{ .fd = sig_fd, .events = POLLIN },
+			{ .fd = input && !pending_len ? con->in_fd : -1, .events = POLLIN },
+		};
+		int n = poll(fds, 3, pending_len ? 20 : -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("event loop: poll: %s", strerror(errno));
+			vm_request_end(vm, VMM_FAILED, 0, "event loop: poll: %s", strerror(errno));
+			break;
+		}
+		if (fds[0].revents & POLLIN) {
+			uint64_t v;
+			if (read(vm->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_debug("wake fd: %s", strerror(errno));
+		}
+		if (fds[1].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			if (read(sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				log_info("stopping the VM: %s", strsignal((int)si.ssi_signo));
+				vm_request_end(vm, VMM_SIGNALED, (int)si.ssi_signo, "stopped by signal %s",
+					       strsignal((int)si.ssi_signo));
+			}
+		}
+		if (fds[2].revents & (POLLIN | POLLHUP | POLLERR)) {
+			size_t room = serial_8250_rx_room(vm->serial);
+			if (room == 0) {
+				pending_len = 0; /* nothing read: wait for the guest to drain (woken by host_wake) */
+				continue;
+			}
+			ssize_t got = read(con->in_fd, pending, room < sizeof(pending) ? room : sizeof(pending));
+			if (got > 0) {
+				pending_len = (size_t)got;
+			} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+				log_debug("console input: %s", got == 0 ? "end of file" : strerror(errno));
+				input = false;
+			}
+		}
+	}
+}
+
+int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err)
+{
+	memset(res, 0, sizeof(*res));
+	struct vm *vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	vm->start_ns = cella_now_ns();
+	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
+	vm->ncpus = cfg->cpus;
+	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
+		vm->vcpus[i].fd = -1;
+	pthread_mutex_init(&vm->end_lock, NULL);
+	bus_init(&vm->pio, "pio");
+	bus_init(&vm->mmio, "mmio");
+
+	struct console con = { .out_fd = -1, .in_fd = -1 };
+	int sig_fd = -1;
+	sigset_t stop_sigs, old_mask;
+	sigemptyset(&stop_sigs);
+	sigaddset(&stop_sigs, SIGINT);
+	sigaddset(&stop_sigs, SIGTERM);
+	sigaddset(&stop_sigs, SIGHUP);
+	sigaddset(&stop_sigs, SIGQUIT);
+	sigaddset(&stop_sigs, SIGPIPE);
+	bool masked = false;
+	struct x86_boot_entry entry = { 0 };
+
+	int r = vmm_config_check(cfg, err);
+	if (r == 0)
+		r = load_guest(vm, cfg, &entry, err);
+	if (r == 0)
+		r = vm_open_kvm(vm, cfg->kvm_device ? cfg->kvm_device : "/dev/kvm", cfg->cpus, err);
+	if (r == 0)
+		r = vm_create(vm, err);
+	if (r == 0)
+		r = x86_cpuid_supported(vm->kvm_fd, &vm->cpuid, err);
+	if (r < 0)
+		goto out;
+	vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->wake_fd < 0) {
+		r = cella_err_sys(err, errno, "eventfd");
+		goto out;
+	}
+	if ((r = console_open(&con, cfg, err)) < 0)
+		goto out;
+	if ((r = add_devices(vm, cfg, con.out_fd, err)) < 0)
+		goto out;
+	for (unsigned i = 0; i < cfg->cpus && r == 0; i++)
+		r = vcpu_create(vm, i, &entry, err);
+	if (r == 0)
+		r = vcpu_signals_init(err);
+	if (r < 0)
+		goto out;
+
+	/* Termination signals arrive through a signalfd; vCPU threads inherit the blocked mask. */
+	pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+	masked = true;
+	sigset_t sfd_sigs = stop_sigs;
+	sigdelset(&sfd_sigs, SIGPIPE); /* broken console pipe: writes fail with EPIPE instead */
+	sig_fd = signalfd(-1, &sfd_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (sig_fd < 0) {
+		r = cella_err_sys(err, errno, "signalfd");
+		goto out;
+	}
+	log_debug("VM ready in %.3f ms: %u vCPU(s), %" PRIu64 " MiB", (cella_now_ns() - vm->start_ns) / 1e6,
+		  cfg->cpus, cfg->memory_mib);
+	r = vcpus_start(vm, err);
+	if (r == 0)
+		event_loop(vm, &con, sig_fd);
+	else
+		vm_request_end(vm, VMM_FAILED, 0, "%s", err->msg);
+	vcpus_stop(vm);
+	if (r == 0) {
+		pthread_mutex_lock(&vm->end_lock);
+		res->outcome = vm->outcome;
+		res->signal = vm->end_signal;
+		snprintf(res->reason, sizeof(res->reason), "%s", vm->end_reason);
+		pthread_mutex_unlock(&vm->end_lock);
+		res->boot_timer_ns = boot_timer_elapsed_ns(vm->boot_timer);
+	}
+out:
+	console_close(&con);
+	if (sig_fd >= 0)
+		close(sig_fd);
+	if (masked) {
+		/* Drop termination signals that arrived while we were stopping, then unblock. */
+		struct timespec zero = { 0 };
+		while (sigtimedwait(&stop_sigs, NULL, &zero) > 0)
+			;
+		pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+	}
+	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
+		vcpu_destroy(&vm->vcpus[i]);
+	free_devices(vm);
+	free(vm->cpuid);
+	if (vm->wake_fd >= 0)
+		close(vm->wake_fd);
+	vm_close(vm);
+	pthread_mutex_destroy(&vm->end_lock);
+	free(vm);
+	return r;
+}

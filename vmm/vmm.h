@@ -1,0 +1,70 @@
+/* libcella-vmm: a KVM micro-VM monitor. One call runs one VM from a config to its end:
+ *
+ *	struct vmm_config cfg; vmm_config_init(&cfg); ...fill...;
+ *	struct vmm_result res; int r = vmm_run(&cfg, &res, &err);
+ *
+ * vmm_run returns a negative errno with err filled when the VM could not be set up (bad input, no
+ * usable KVM): no guest ran. Otherwise it returns 0 and res says how the VM ended. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cella_err;
+
+#define VMM_MAX_CPUS 32
+#define VMM_MAX_MEMORY_MIB (1024ull * 1024) /* 1 TiB: anonymous memory is reserved lazily */
+#define VMM_MIN_MEMORY_MIB_FLAT 1          /* flat test binaries run in the first MiB */
+#define VMM_MIN_MEMORY_MIB_LINUX 32        /* below this no Linux kernel gets to its init */
+#define VMM_DEFAULT_MEMORY_MIB 128
+#define VMM_DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=1"
+#define VMM_MAX_KERNEL_BYTES (512ull << 20)
+#define VMM_DEBUG_DEVICE_ADDR 0xd0000000ull /* --debug-device: a test-only MMIO scratch register */
+
+enum vmm_console {
+	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
+	VMM_CONSOLE_FILE,  /* guest serial appended to console_path; no input */
+	VMM_CONSOLE_NONE,  /* guest serial dropped; no input */
+};
+
+struct vmm_config {
+	char *kernel;       /* required */
+	char *initrd;       /* NULL = none */
+	char *cmdline;      /* NULL = VMM_DEFAULT_CMDLINE */
+	unsigned cpus;      /* 1..VMM_MAX_CPUS */
+	uint64_t memory_mib;
+	enum vmm_console console;
+	char *console_path; /* VMM_CONSOLE_FILE */
+	char *kvm_device;   /* NULL = /dev/kvm */
+	bool debug_device;  /* test-only MMIO device at VMM_DEBUG_DEVICE_ADDR */
+};
+
+void vmm_config_init(struct vmm_config *cfg);
+void vmm_config_free(struct vmm_config *cfg);
+
+/* "stdio", "none" or a file path. */
+int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cella_err *err);
+
+/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console"}) over cfg:
+ * fields present replace cfg's values. Unknown fields are errors naming the field. */
+int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
+
+/* Checks what can be checked without files or KVM (vCPU count, memory range, kernel given). */
+int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err);
+
+enum vmm_outcome {
+	VMM_POWEROFF, /* the guest powered off (ACPI S5) */
+	VMM_REBOOT,   /* the guest rebooted (i8042 reset, reset register, triple fault) */
+	VMM_FAILED,   /* a vCPU hit an unrecoverable exit; details were logged */
+	VMM_SIGNALED, /* the VMM was asked to stop by a signal */
+};
+
+struct vmm_result {
+	enum vmm_outcome outcome;
+	int signal;            /* VMM_SIGNALED: which */
+	char reason[256];      /* one line: "guest poweroff", "KVM_EXIT_INTERNAL_ERROR ..." */
+	uint64_t boot_timer_ns; /* time from VMM start to the guest's boot-timer write, 0 if none */
+};
+
+const char *vmm_outcome_name(enum vmm_outcome outcome);
+
+int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err);
