@@ -145,14 +145,12 @@ def measure(argv, label):
     return float(fields["wall_ms"]), int(fields["maxrss_kb"]), int(fields["status"])
 
 
-def cgroup_leftovers():
-    found = []
+def cgroup_dirs():
+    """Every cgroup directory down to 4 levels below /sys/fs/cgroup (a set of paths)."""
+    found = set()
     for base, dirs, _ in os.walk("/sys/fs/cgroup"):
-        depth = base[len("/sys/fs/cgroup"):].count("/")
-        for d in dirs:
-            if ID_PREFIX in d:
-                found.append(os.path.join(base, d))
-        if depth >= 3:
+        found.update(os.path.join(base, d) for d in dirs)
+        if base[len("/sys/fs/cgroup"):].count("/") >= 3:
             dirs[:] = []
     return found
 
@@ -162,6 +160,7 @@ def bench_view(view, rts, bundle, runs, warmup):
     the runtimes that worked; a runtime whose first run fails is reported and dropped."""
     roots = {name: tempfile.mkdtemp(prefix=f"{ID_PREFIX}-{name}-root-", dir="/run") for name, _ in rts}
     results = {name: ([], []) for name, _ in rts}
+    cgroups_before = cgroup_dirs()
     alive = dict(rts)
     try:
         for i in range(warmup + runs):
@@ -188,7 +187,7 @@ def bench_view(view, rts, bundle, runs, warmup):
             if left:
                 leaks.append(f"{name} --root {root}: {left[:3]}")
             shutil.rmtree(root, ignore_errors=True)
-        leaks += [f"cgroup {p}" for p in cgroup_leftovers()]
+        leaks += [f"cgroup {p}" for p in sorted(cgroup_dirs() - cgroups_before)]
         with open("/proc/self/mountinfo") as f:
             leaks += [f"mount {l.split()[4]}" for l in f if ID_PREFIX in l or bundle in l]
         for l in leaks:
@@ -204,10 +203,11 @@ def report(view, results, runs):
 
     log("")
     log(f"runtime `run /bin/true`, {view} cgroup view: median of {runs} runs")
-    log(f"  {'runtime':<8} {'wall ms':>9} {'min ms':>8} {'p90 ms':>8} {'peak RSS MiB':>13}")
+    log(f"  {'runtime':<8} {'wall ms':>9} {'min ms':>8} {'p90 ms':>8} {'peak RSS MiB':>13} {'(min-max)':>12}")
     for name, (t, r) in results.items():
         p90 = sorted(t)[max(0, int(len(t) * 0.9) - 1)]
-        log(f"  {name:<8} {med(t):9.2f} {min(t):8.2f} {p90:8.2f} {med(r) / 1024:13.2f}")
+        log(f"  {name:<8} {med(t):9.2f} {min(t):8.2f} {p90:8.2f} {med(r) / 1024:13.2f} "
+            f"{min(r) / 1024:5.2f}-{max(r) / 1024:.2f}")
     if "cella" in results:
         ct, cr = med(results["cella"][0]), med(results["cella"][1])
         for peer, tgt in (("crun", "target <= 0.80x time, <= 1.00x RSS"), ("runc", "")):

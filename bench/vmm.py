@@ -23,7 +23,9 @@ are what this benchmark is for.
       cella-vmm  --kernel tiny.bin --memory 16 --cpus 1 --console stdio
       qemu       qemu-system-x86_64 -M microvm -accel kvm -nodefaults -no-user-config
                  -nographic -serial stdio -no-reboot -m 16 -bios tiny.bin
-    Figures: VMM start to first serial byte, to process exit, peak RSS (bench/benchtime).
+    Figures: VMM start to first serial byte, to process exit, peak RSS (bench/benchtime);
+    the RSS range shows transparent huge pages: the sandbox kernel has THP "always", so the
+    first touch of guest RAM may fault in a 2 MiB page (RSS +2 MiB) or not.
     Targets: cella-vmm exit within 1.3x of the floor's, peak RSS <= 2 MiB.
 
 (b) Linux. The guest kit's Debian kernel (bzImage) + initramfs, 256 MiB, 1 vCPU, command
@@ -140,6 +142,7 @@ def parse(output):
 
 def bt_ms(text):
     """The time in a boot-timer log line, in ms ('... 123.4 ms' or '... 0.1234 s')."""
+    text = re.split(r"(?i)boot.timer", text, maxsplit=1)[-1]  # past the log line's timestamp
     m = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|us|µs|s)\b", text)
     if not m:
         return None
@@ -152,6 +155,11 @@ def med(recs, key):
     return statistics.median(xs) if xs else None
 
 
+def rss_range(recs):
+    xs = [r["maxrss_kb"] / 1024 for r in recs]
+    return f"{min(xs):.2f}-{max(xs):.2f}"
+
+
 def fmt(v, spec="9.1f"):
     return format(v, spec) if v is not None else format("-", ">" + spec.split(".")[0])
 
@@ -162,7 +170,8 @@ def report(res, outs, notes, tiny_runs, boots):
     log("")
     log(f"(a) tiny guest (serial byte, then i8042 reset / triple fault), median of {tiny_runs} "
         "runs, in the nested sandbox")
-    log(f"  {'program':<10} {'first byte ms':>14} {'exit ms':>9} {'peak RSS MiB':>13} {'ok':>5}  output")
+    log(f"  {'program':<10} {'first byte ms':>14} {'exit ms':>9} {'peak RSS MiB':>13} {'(min-max)':>12} "
+        f"{'ok':>5}  output")
     rows = {}
     for label in ("floor", "cella-vmm", "qemu"):
         recs = res.get(("tiny", label))
@@ -171,7 +180,7 @@ def report(res, outs, notes, tiny_runs, boots):
         ok = sum(1 for r in recs if r["status"] == 0)
         fb, ex, rss = med(recs, "first_byte_ms"), med(recs, "wall_ms"), med(recs, "maxrss_kb")
         rows[label] = (fb, ex, rss)
-        log(f"  {label:<10} {fmt(fb, '14.2f')} {fmt(ex, '9.2f')} {rss / 1024:13.2f} "
+        log(f"  {label:<10} {fmt(fb, '14.2f')} {fmt(ex, '9.2f')} {rss / 1024:13.2f} {rss_range(recs):>12} "
             f"{ok:>2}/{len(recs):<2}  {outs.get('tiny ' + label, '')[:30]!r}")
     if "cella-vmm" in rows:
         fb, ex, rss = rows["cella-vmm"]
@@ -187,7 +196,7 @@ def report(res, outs, notes, tiny_runs, boots):
     log(f"(b) Linux boot (Debian bzImage + guest-kit initramfs, 256 MiB, 1 vCPU, \"{CMDLINE}\"), "
         f"median of {boots} boots, in the same sandbox run")
     log(f"  {'program':<10} {'marker ms':>10} {'guest uptime ms':>16} {'boot timer ms':>14} "
-        f"{'exit ms':>9} {'peak RSS MiB':>13} {'ok':>5}")
+        f"{'exit ms':>9} {'peak RSS MiB':>13} {'(min-max)':>14} {'ok':>5}")
     rows = {}
     for label in ("cella-vmm", "qemu"):
         recs = res.get(("linux", label))
@@ -203,7 +212,7 @@ def report(res, outs, notes, tiny_runs, boots):
         ex, rss = med(recs, "wall_ms"), med(recs, "maxrss_kb")
         rows[label] = (mk, ex, rss)
         log(f"  {label:<10} {fmt(mk, '10.1f')} {fmt(up, '16.1f')} {fmt(bt, '14.1f')} {fmt(ex, '9.1f')} "
-            f"{rss / 1024:13.2f} {ok:>2}/{len(recs):<2}")
+            f"{rss / 1024:13.2f} {rss_range(recs):>14} {ok:>2}/{len(recs):<2}")
     if "cella-vmm" in rows and "qemu" in rows and rows["cella-vmm"][0] and rows["qemu"][0]:
         c, q = rows["cella-vmm"], rows["qemu"]
         r = c[0] / q[0]
