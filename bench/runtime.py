@@ -208,7 +208,9 @@ def report(view, results, runs):
         p90 = sorted(t)[max(0, int(len(t) * 0.9) - 1)]
         log(f"  {name:<8} {med(t):9.2f} {min(t):8.2f} {p90:8.2f} {med(r) / 1024:13.2f} "
             f"{min(r) / 1024:5.2f}-{max(r) / 1024:.2f}")
-    if "cella" in results:
+    if "cella" not in results:
+        log("  cella/crun, cella/runc: n/a (cella was not measured: see the skip line above)")
+    else:
         ct, cr = med(results["cella"][0]), med(results["cella"][1])
         for peer, tgt in (("crun", "target <= 0.80x time, <= 1.00x RSS"), ("runc", "")):
             if peer not in results:
