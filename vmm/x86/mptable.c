@@ -58,25 +58,28 @@ int x86_write_mptable(const struct x86_guest_mem *mem, unsigned ncpus, struct ce
 		p[1] = (uint8_t)i; /* local APIC id */
 		p[2] = LAPIC_VERSION;
 		p[3] = CPU_ENABLED | (i == 0 ? CPU_BOOTPROCESSOR : 0);
-		put_le32(p + 4, 0x600);      /* signature: family 6 */
-		put_le32(p + 8, 0x201);      /* features: FPU, APIC */
+		put_le32(p + 4, 0x600); /* signature: family 6 */
+		put_le32(p + 8, 0x201); /* features: FPU, APIC */
 		p += MPC_CPU_SIZE;
 	}
 	p[0] = MP_BUS;
 	p[1] = 0;
 	memcpy(p + 2, "ISA   ", 6);
-	p += MPC_ENTRY_SIZE, count++;
+	p += MPC_ENTRY_SIZE;
+	count++;
 	p[0] = MP_IOAPIC;
 	p[1] = ioapic_id;
 	p[2] = IOAPIC_VERSION;
 	p[3] = 1; /* enabled */
 	put_le32(p + 4, X86_IOAPIC_ADDR);
-	p += MPC_ENTRY_SIZE, count++;
+	p += MPC_ENTRY_SIZE;
+	count++;
 	for (uint8_t irq = 0; irq < MPC_NR_ISA_IRQS; irq++, count++)
 		p = put_intsrc(p, MP_INTSRC, MP_INT, 0, irq, ioapic_id, irq);
 	/* LINT0 = ExtINT (the 8259 in virtual-wire mode), LINT1 = NMI, on every local APIC. */
-	p = put_intsrc(p, MP_LINTSRC, MP_EXTINT, 0, 0, 0xff, 0), count++;
-	p = put_intsrc(p, MP_LINTSRC, MP_NMI, 0, 0, 0xff, 1), count++;
+	p = put_intsrc(p, MP_LINTSRC, MP_EXTINT, 0, 0, 0xff, 0);
+	p = put_intsrc(p, MP_LINTSRC, MP_NMI, 0, 0, 0xff, 1);
+	count += 2;
 
 	uint16_t mpc_len = (uint16_t)(p - mpc);
 	memcpy(mpc, "PCMP", 4);
