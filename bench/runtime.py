@@ -220,7 +220,10 @@ def report(view, results, runs):
             if peer == "crun":
                 ok = ct <= 0.8 * pt and cr <= pr
                 verdict = f"  [{tgt}: {'MET' if ok else 'NOT MET'}]"
-            log(f"  cella/{peer}: time {ct / pt:.2f}x, RSS {cr / pr:.2f}x{verdict}")
+            t_c, t_p = results["cella"][0], results[peer][0]
+            per_round = (f"; median of per-round ratios {statistics.median(a / b for a, b in zip(t_c, t_p)):.2f}x"
+                         if len(t_c) == len(t_p) else "")
+            log(f"  cella/{peer}: time {ct / pt:.2f}x, RSS {cr / pr:.2f}x{verdict}{per_round}")
 
 
 def make_v1_view():

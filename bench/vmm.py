@@ -155,6 +155,19 @@ def med(recs, key):
     return statistics.median(xs) if xs else None
 
 
+def paired(a, b, key):
+    """Median over rounds of a[i][key] / b[i][key]: runs i of both programs were back to back,
+    so this ratio is robust to load drifting during the sandbox run. None if not paired."""
+    if not a or not b or len(a) != len(b):
+        return None
+    rs = [x[key] / y[key] for x, y in zip(a, b) if x.get(key, -1) > 0 and y.get(key, -1) > 0]
+    return statistics.median(rs) if rs else None
+
+
+def pr(v):
+    return f"{v:.2f}x" if v is not None else "n/a"
+
+
 def rss_range(recs):
     xs = [r["maxrss_kb"] / 1024 for r in recs]
     return f"{min(xs):.2f}-{max(xs):.2f}"
@@ -187,7 +200,9 @@ def report(res, outs, notes, tiny_runs, boots):
         if "floor" in rows:
             r = ex / rows["floor"][1]
             log(f"  cella-vmm/floor: exit {r:.2f}x [target <= 1.30x: {'MET' if r <= 1.3 else 'NOT MET'}], "
-                f"first byte {fb / rows['floor'][0]:.2f}x, RSS {rss / rows['floor'][2]:.2f}x")
+                f"first byte {fb / rows['floor'][0]:.2f}x, RSS {rss / rows['floor'][2]:.2f}x; "
+                f"median of per-round ratios: exit "
+                f"{pr(paired(res.get(('tiny', 'cella-vmm')), res.get(('tiny', 'floor')), 'wall_ms'))}")
         log(f"  cella-vmm peak RSS {rss / 1024:.2f} MiB [target <= 2 MiB: {'MET' if rss <= 2048 else 'NOT MET'}]")
         if "qemu" in rows:
             q = rows["qemu"]
@@ -218,6 +233,9 @@ def report(res, outs, notes, tiny_runs, boots):
         r = c[0] / q[0]
         log(f"  cella-vmm/qemu: marker {r:.2f}x [target < 1.00x: {'MET' if r < 1 else 'NOT MET'}], "
             f"exit {c[1] / q[1]:.2f}x, RSS {c[2] / q[2]:.2f}x")
+        cr, qr = res.get(("linux", "cella-vmm")), res.get(("linux", "qemu"))
+        log(f"  cella-vmm/qemu, median of per-boot ratios (boots back to back): marker "
+            f"{pr(paired(cr, qr, 'marker_ms'))}, exit {pr(paired(cr, qr, 'wall_ms'))}")
 
 
 def main():
