@@ -279,6 +279,9 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	_cleanup_free_ char *fifo = cella_path_join(st->dir, EXEC_FIFO);
 	if (!fifo || mkfifo(fifo, 0622) < 0)
 		return cella_err_sys(err, errno, "mkfifo %s", fifo ? fifo : EXEC_FIFO);
+	/* Not subject to the umask: the init may run as any user by the time it opens it. */
+	if (chmod(fifo, 0622) < 0)
+		return cella_err_sys(err, errno, "chmod %s", fifo);
 	uid_t ruid;
 	gid_t rgid;
 	root_host_ids(c->cfg, &ruid, &rgid);

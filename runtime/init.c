@@ -183,8 +183,10 @@ _Noreturn void container_init(struct init_args *a)
 	do
 		wfd = openat(procfd, name, O_WRONLY | O_CLOEXEC);
 	while (wfd < 0 && errno == EINTR);
-	if (wfd < 0 || write(wfd, "0", 1) != 1)
+	if (wfd < 0 || write(wfd, "0", 1) != 1) {
+		dprintf(STDERR_FILENO, "cella: container init: open exec.fifo: %s\n", strerror(errno));
 		_exit(1);
+	}
 
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);

@@ -201,6 +201,21 @@ static int mount_one(struct init_args *a, int rootfd, const struct oci_mount *m,
 	const char *src = m->source && *m->source ? m->source : m->type;
 	if (mount(src, target, m->type, flags, m->data) < 0) {
 		int e = errno;
+		/* sysfs in a user namespace that does not own the network namespace: like runc, bind
+		 * the host's /sys instead. */
+		if (e == EPERM && !strcmp(m->type, "sysfs") && a->in_userns) {
+			if (mount("/sys", target, NULL, MS_BIND | MS_REC, NULL) < 0)
+				return cella_err_sys(err, errno, "bind mount /sys on %s", m->destination);
+			close(fd);
+			fd = root_open(rootfd, m->destination, false, true, err);
+			if (fd < 0)
+				return fd;
+			fd_path(target, sizeof(target), fd);
+			int r = bind_remount(target, flags);
+			if (r < 0)
+				return cella_err_sys(err, -r, "remount %s", m->destination);
+			return finish_mount(rootfd, m, false, err);
+		}
 		return cella_err_sys(err, e, "mount %s (type %s%s%s) on %s", src, m->type, m->data ? ", options " : "",
 				     m->data ? m->data : "", m->destination);
 	}
