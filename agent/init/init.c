@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define MODULE_LIST "/lib/modules/cella-modules.list"
@@ -290,8 +291,13 @@ static void boot_timer(void)
 	}
 }
 
-/* Opens the console's real tty (e.g. /dev/ttyS0) so the shell gets job control. */
-static void take_console_tty(void)
+/*
+ * Opens the console's real tty (e.g. /dev/ttyS0) and makes it our controlling tty. PID 1 stays
+ * the session leader and the shell runs in its own foreground process group: it gets job
+ * control, and its exit does not hang the tty up — a hangup flushes output still queued in the
+ * UART, which would lose the command's last lines.
+ */
+static int take_console_tty(void)
 {
 	char active[256], path[300];
 	const char *dev = "console";
@@ -304,27 +310,38 @@ static void take_console_tty(void)
 			dev = last;
 	}
 	snprintf(path, sizeof(path), "/dev/%s", dev);
-	int fd = open(path, O_RDWR);
+	int fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0)
-		return;
-	ioctl(fd, TIOCSCTTY, 0);
-	for (int i = 0; i < 3; i++)
-		dup2(fd, i);
-	if (fd > 2)
+		return -1;
+	if (ioctl(fd, TIOCSCTTY, 0) < 0) {
 		close(fd);
+		return -1;
+	}
+	return fd;
 }
 
-static pid_t spawn_shell(const char *cmd)
+static pid_t spawn_shell(const char *cmd, int tty)
 {
 	pid_t pid = fork();
-	if (pid != 0)
+	if (pid != 0) {
+		if (pid > 0)
+			setpgid(pid, pid);
 		return pid;
+	}
 
+	setpgid(0, 0);
+	if (tty >= 0) {
+		sigset_t ttou;
+		sigemptyset(&ttou);
+		sigaddset(&ttou, SIGTTOU);
+		sigprocmask(SIG_BLOCK, &ttou, NULL);
+		tcsetpgrp(tty, getpid());
+		for (int i = 0; i < 3; i++)
+			dup2(tty, i);
+	}
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	setsid();
-	take_console_tty();
 	if (cmd)
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 	else
@@ -415,7 +432,9 @@ int main(int argc, char **argv)
 	bool ask_power_off = false;
 
 	int status = 127;
-	pid_t pid = spawn_shell(cmd);
+	setsid();
+	int tty = take_console_tty();
+	pid_t pid = spawn_shell(cmd, tty);
 	if (pid < 0)
 		say("cella-init: fork: %s\n", strerror(errno));
 	else
@@ -427,6 +446,7 @@ int main(int argc, char **argv)
 	reap_all();
 	if (!ask_power_off)
 		say("CELLA-EXIT-STATUS=%d\n", status);
+	tcdrain(STDOUT_FILENO); /* power-off must not cut the queued console output */
 	sync();
 
 	reboot(want_reboot ? RB_AUTOBOOT : RB_POWER_OFF);
