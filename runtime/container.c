@@ -16,9 +16,12 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <termios.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -142,7 +145,7 @@ static int validate(struct create_ctx *c, const struct container_create_opts *o,
 		return cella_err_set(err, EINVAL,
 				     "config.json: linux.namespaces: a mount namespace is required (cella never "
 				     "mounts on the host)");
-	if (cfg->process.terminal && !o->console_socket)
+	if (cfg->process.terminal && !o->console_socket && o->console_fd <= 0)
 		return cella_err_set(err, EINVAL, "cannot allocate tty if cella will detach without setting console socket");
 	if (!cfg->process.terminal && o->console_socket)
 		return cella_err_set(err, EINVAL, "cannot use console socket if cella will not detach or allocate tty");
@@ -236,6 +239,10 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		c->console_fd = connect_console(o->console_socket, err);
 		if (c->console_fd < 0)
 			return c->console_fd;
+	} else if (o->console_fd > 0 && c->cfg->process.terminal) {
+		c->console_fd = fcntl(o->console_fd, F_DUPFD_CLOEXEC, 3);
+		if (c->console_fd < 0)
+			return cella_err_sys(err, errno, "dup console socket");
 	}
 
 	/* From here on host resources appear: the state dir comes first so that a runtime killed at
@@ -492,6 +499,64 @@ int container_start(const struct cella_runtime *rt, const char *id, struct cella
 	return r;
 }
 
+/* Foreground run with a terminal and no --console-socket: we hold the pty master and copy
+ * between it and our own stdio (raw mode if stdin is a terminal), as runc does. */
+struct tty_proxy {
+	int master;
+	bool raw;
+	struct termios saved;
+	bool stdin_open;
+};
+
+static void proxy_winsize(struct tty_proxy *t)
+{
+	struct winsize ws;
+	if (t->master >= 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
+		ioctl(t->master, TIOCSWINSZ, &ws);
+}
+
+static void proxy_start(struct tty_proxy *t, int master)
+{
+	t->master = master;
+	t->stdin_open = true;
+	if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &t->saved) == 0) {
+		struct termios raw = t->saved;
+		cfmakeraw(&raw);
+		t->raw = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
+		proxy_winsize(t);
+	}
+}
+
+/* Copies what is available from in to out; false on EOF/error of in. */
+static bool proxy_copy(int in, int out)
+{
+	char buf[8192];
+	ssize_t n = read(in, buf, sizeof(buf));
+	if (n <= 0)
+		return n < 0 && (errno == EAGAIN || errno == EINTR);
+	cella_write_all(out, buf, (size_t)n); /* a closed stdout must not stop the copy loop */
+	return true;
+}
+
+static void proxy_stop(struct tty_proxy *t)
+{
+	if (t->master >= 0) {
+		/* Drain what the process wrote before it exited. */
+		int fl = fcntl(t->master, F_GETFL);
+		fcntl(t->master, F_SETFL, fl | O_NONBLOCK);
+		while (proxy_copy(t->master, STDOUT_FILENO)) {
+			struct pollfd p = { .fd = t->master, .events = POLLIN };
+			if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+				break;
+		}
+		close(t->master);
+		t->master = -1;
+	}
+	if (t->raw)
+		tcsetattr(STDIN_FILENO, TCSANOW, &t->saved);
+	t->raw = false;
+}
+
 static int wait_status_code(int status)
 {
 	if (WIFEXITED(status))
@@ -499,6 +564,44 @@ static int wait_status_code(int status)
 	if (WIFSIGNALED(status))
 		return 128 + WTERMSIG(status);
 	return 255;
+}
+
+/* Waits for init, forwarding signals (and copying the terminal); returns its exit status. */
+static int wait_init(pid_t init, int sigfd, struct tty_proxy *t)
+{
+	for (;;) {
+		struct pollfd pf[3] = {
+			{ .fd = sigfd, .events = POLLIN },
+			{ .fd = t->master >= 0 && t->stdin_open ? STDIN_FILENO : -1, .events = POLLIN },
+			{ .fd = t->master, .events = POLLIN },
+		};
+		if (poll(pf, 3, -1) < 0 && errno != EINTR)
+			return 255;
+		if (pf[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+			if (!proxy_copy(STDIN_FILENO, t->master))
+				t->stdin_open = false;
+		}
+		if (pf[2].revents & POLLIN)
+			proxy_copy(t->master, STDOUT_FILENO);
+		if (!(pf[0].revents & POLLIN))
+			continue;
+		struct signalfd_siginfo si;
+		if (read(sigfd, &si, sizeof(si)) != sizeof(si))
+			continue;
+		if (si.ssi_signo == SIGCHLD) {
+			int status, code = -1;
+			pid_t p;
+			while ((p = waitpid(-1, &status, WNOHANG)) > 0)
+				if (p == init)
+					code = wait_status_code(status);
+			if (code >= 0)
+				return code;
+		} else if (si.ssi_signo == SIGWINCH && t->master >= 0) {
+			proxy_winsize(t);
+		} else {
+			kill(init, (int)si.ssi_signo);
+		}
+	}
 }
 
 int container_run(const struct cella_runtime *rt, const struct container_create_opts *opts, bool detach,
@@ -519,52 +622,53 @@ int container_run(const struct cella_runtime *rt, const struct container_create_
 	/* Foreground: we reap the init (subreaper covers the staged fork) and forward signals. */
 	sigset_t fwd, old;
 	sigfillset(&fwd);
-	static const int sync_sigs[] = { SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGTRAP, SIGABRT };
+	static const int sync_sigs[] = { SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGTRAP, SIGABRT, SIGKILL, SIGSTOP };
 	for (size_t i = 0; i < ARRAY_SIZE(sync_sigs); i++)
 		sigdelset(&fwd, sync_sigs[i]);
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	sigprocmask(SIG_BLOCK, &fwd, &old);
-
-	int r = container_create(rt, opts, err);
+	struct tty_proxy tty = { .master = -1 };
+	int sp[2] = { -1, -1 };
+	struct container_create_opts o = *opts;
+	if (!o.console_socket && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0)
+		o.console_fd = sp[1];
+	int sigfd = signalfd(-1, &fwd, SFD_CLOEXEC);
+	int r = sigfd < 0 ? cella_err_sys(err, errno, "signalfd") : container_create(rt, &o, err);
+	if (sp[1] >= 0)
+		close(sp[1]);
 	if (r < 0)
 		goto out;
 	struct container_state *st = NULL;
-	r = state_load(rt, opts->id, &st, err);
+	r = state_load(rt, o.id, &st, err);
 	if (r == 0) {
-		r = start_state(st, err);
 		pid_t init = st->pid;
-		state_free(st);
-		if (r == 0) {
-			for (;;) {
-				siginfo_t si;
-				int sig = sigwaitinfo(&fwd, &si);
-				if (sig < 0)
-					continue;
-				if (sig == SIGCHLD) {
-					int status;
-					pid_t p;
-					bool done = false;
-					while ((p = waitpid(-1, &status, WNOHANG)) > 0) {
-						if (p == init) {
-							*exit_status = wait_status_code(status);
-							done = true;
-						}
-					}
-					if (done)
-						break;
-					continue;
-				}
-				kill(init, sig);
+		if (sp[0] >= 0) {
+			/* The init sent the master during create if it has a terminal; else nothing. */
+			struct pollfd p = { .fd = sp[0], .events = POLLIN };
+			if (poll(&p, 1, 0) == 1 && (p.revents & POLLIN)) {
+				struct cella_err e = { 0 };
+				int m = terminal_recv_fd(sp[0], &e);
+				if (m >= 0)
+					proxy_start(&tty, m);
 			}
 		}
+		r = start_state(st, err);
+		state_free(st);
+		if (r == 0)
+			*exit_status = wait_init(init, sigfd, &tty);
 	}
+	proxy_stop(&tty);
 	if (r < 0 || !keep) {
 		struct cella_err e = { 0 };
-		int d = container_delete(rt, opts->id, true, &e);
+		int d = container_delete(rt, o.id, true, &e);
 		if (d < 0 && r == 0)
-			log_warn("delete %s: %s", opts->id, e.msg);
+			log_warn("delete %s: %s", o.id, e.msg);
 	}
 out:
+	if (sp[0] >= 0)
+		close(sp[0]);
+	if (sigfd >= 0)
+		close(sigfd);
 	sigprocmask(SIG_SETMASK, &old, NULL);
 	return r;
 }

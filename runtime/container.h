@@ -32,6 +32,9 @@ struct container_create_opts {
 	unsigned preserve_fds;      /* fds 3 .. 3+N-1 are passed to the process */
 	bool no_pivot;              /* chroot-style MS_MOVE + chroot instead of pivot_root */
 	bool no_new_keyring;        /* accepted for runc compatibility */
+	/* Internal (foreground run): an already-connected socket that receives the pty master
+	 * instead of --console-socket; used only with process.terminal. -1 or 0 = none. */
+	int console_fd;
 };
 
 /* create: returns once the container init waits for start. */

@@ -274,3 +274,44 @@ def test_sigkill_create_midway_then_delete_force(rt):
         r = rt.cmd("delete", "--force", cid)
         assert r.returncode == 0, (delay, r)
         assert not (rt.root / cid).exists()
+
+
+def test_run_foreground_terminal_proxy(rt):
+    # terminal: true without --console-socket: `run` holds the pty and copies our stdio, like runc.
+    b = rt.bundle(["sh", "-c", "tty; read x; echo got=$x; exit 5"])
+    rt.edit_config(b, lambda c: c["process"].update(terminal=True))
+    inp = rt.tmp / "in"
+    inp.write_text("typed\n")
+    with open(inp) as f:
+        r = rt.run(b, stdin=f)
+    assert r.returncode == 5, r
+    assert "/dev/pts/0" in r.stdout and "got=typed" in r.stdout
+
+
+def test_setup_failures_leave_nothing(rt):
+    # Valid config, but the init fails: the error comes back and everything is undone.
+    cases = [
+        (lambda c: c["mounts"].append({"destination": "/x", "type": "nosuchfs", "source": "none"}),
+         "mount none (type nosuchfs"),
+        (lambda c: c["process"].update(args=["/no/such/binary"]), "/no/such/binary"),
+        (lambda c: c["process"].update(args=["nosuchcmd"]), "executable file not found in $PATH"),
+        (lambda c: c["process"].update(cwd="/etc/passwd"), "process.cwd"),
+    ]
+    for i, (edit, msg) in enumerate(cases):
+        b = rt.bundle(["true"], name=f"b{i}", edit=edit)
+        for verb in ("create", "run"):
+            cid = rt.new_id()
+            r = rt.cmd(verb, "--bundle", b, cid)
+            assert r.returncode == 1 and msg in r.stderr, (verb, msg, r)
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert not (rt.root / cid).exists()
+
+
+def test_state_annotations(rt):
+    b = rt.bundle(["sleep", "10"], edit=lambda c: c.update(annotations={"org.example.key": "value"}))
+    cid = rt.new_id()
+    rt.ok("create", "--bundle", b, cid)
+    st = rt.state(cid)
+    assert st["annotations"] == {"org.example.key": "value"} and st["rootfs"] == str(b / "rootfs")
+    assert st["created"].endswith("Z") and "T" in st["created"]
+    rt.ok("delete", cid)
