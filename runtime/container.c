@@ -319,7 +319,8 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	bool staged = false;
 	unsigned long flags = 0;
 	for (size_t i = 0; i < l->n_namespaces; i++) {
-		if (l->namespaces[i].path && *l->namespaces[i].path)
+		/* CLONE_NEWTIME shares its bit with the clone exit signal: unshare it in staged mode. */
+		if ((l->namespaces[i].path && *l->namespaces[i].path) || l->namespaces[i].type == OCI_NS_TIME)
 			staged = true;
 		else if (l->namespaces[i].type != OCI_NS_CGROUP)
 			flags |= (unsigned long)oci_ns_clone_flag(l->namespaces[i].type);
@@ -367,7 +368,8 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 			return r;
 	}
 	if (staged) {
-		bool need_pid = oci_config_has_namespace(c->cfg, OCI_NS_PID);
+		bool need_pid = oci_config_has_namespace(c->cfg, OCI_NS_PID) ||
+				oci_config_has_namespace(c->cfg, OCI_NS_TIME);
 		bool need_map = oci_config_has_namespace(c->cfg, OCI_NS_USER) && c->ns_fds[OCI_NS_USER] < 0;
 		while (need_pid || need_map) {
 			struct sync_msg m;

@@ -65,6 +65,8 @@ static int staged_namespaces(struct init_args *a, struct cella_err *err)
 	}
 	if (r < 0)
 		return r;
+	if (a->ns_fds[OCI_NS_USER] >= 0 && (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0))
+		return cella_err_sys(err, errno, "become root in the joined user namespace");
 	if (new_user) {
 		if (unshare(CLONE_NEWUSER) < 0)
 			return cella_err_sys(err, errno, "unshare user namespace");
@@ -83,8 +85,8 @@ static int staged_namespaces(struct init_args *a, struct cella_err *err)
 	if (flags && unshare((int)flags) < 0)
 		return cella_err_sys(err, errno, "unshare namespaces 0x%lx", flags);
 	a->clone_flags = flags | (new_user ? CLONE_NEWUSER : 0);
-	if (oci_config_has_namespace(cfg, OCI_NS_PID)) {
-		/* A new or joined pid namespace applies to children only. */
+	if (oci_config_has_namespace(cfg, OCI_NS_PID) || oci_config_has_namespace(cfg, OCI_NS_TIME)) {
+		/* A new or joined pid (or time) namespace applies to children only. */
 		pid_t pid = fork();
 		if (pid < 0)
 			return cella_err_sys(err, errno, "fork the init");

@@ -284,3 +284,22 @@ def test_bad_json_syntax(rt):
     (b / "config.json").write_text('{"ociVersion": "1.2.0", "process": ')
     r = rt.cmd("run", "--bundle", b, rt.new_id())
     assert r.returncode == 1 and r.stderr.startswith("cella: config.json: ") and len(r.stderr.splitlines()) == 1
+
+
+def test_join_pid_namespace_and_time_namespace(rt):
+    a = rt.new_id()
+    rt.ok("run", "-d", "-b", rt.bundle(["sleep", "60"]), a)
+    pid = rt.state(a)["pid"]
+
+    def join(c):
+        c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"] if n["type"] != "pid"]
+        c["linux"]["namespaces"].append({"type": "pid", "path": f"/proc/{pid}/ns/pid"})
+    out = run_out(rt, rt.bundle(["sh", "-c", "echo pid=$$; ps -o comm"], name="b2", edit=join)).split()
+    assert out[0] != "pid=1" and "sleep" in out  # sees the first container's init
+    rt.ok("delete", "--force", a)
+
+    b = rt.bundle(["readlink", "/proc/self/ns/time"], name="b3",
+                  edit=lambda c: c["linux"]["namespaces"].append({"type": "time"}))
+    if not os.path.exists("/proc/self/ns/time"):
+        pytest.skip("no time namespaces on this kernel")
+    assert run_out(rt, b).strip() != os.readlink("/proc/self/ns/time")
