@@ -69,7 +69,8 @@ static int apply_caps(const struct oci_capabilities *c, struct cella_err *err)
 		for (int cap = 0; cap < 64; cap++) {
 			if (!(c->ambient & (1ULL << cap)))
 				continue;
-			if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+			/* EPERM: not in permitted+inheritable; crun skips such caps the same way. */
+			if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0 && errno != EPERM)
 				return cella_err_sys(err, errno, "process.capabilities.ambient: raise %s",
 						     cella_cap_name(cap) ? cella_cap_name(cap) : "?");
 		}
