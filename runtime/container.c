@@ -261,7 +261,7 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		return cella_err_set(err, ENOMEM, "state");
 	if (mkdir(st->dir, 0711) < 0) {
 		if (errno == EEXIST)
-			return cella_err_set(err, EEXIST, "container with id exists: %s", o->id);
+			return cella_err_set(err, EEXIST, "container with given ID already exists: %s", o->id);
 		return cella_err_sys(err, errno, "mkdir %s", st->dir);
 	}
 	c->dir_made = true;

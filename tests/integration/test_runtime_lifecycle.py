@@ -119,7 +119,7 @@ def test_duplicate_unknown_invalid(rt):
     cid = rt.new_id()
     rt.ok("create", "--bundle", b, cid)
     r = rt.cmd("create", "--bundle", b, cid)
-    assert r.returncode == 1 and r.stderr.strip() == f"cella: container with id exists: {cid}"
+    assert r.returncode == 1 and r.stderr.strip() == f"cella: container with given ID already exists: {cid}"
     assert rt.state(cid)["status"] == "created"  # the duplicate did not disturb it
     for verb in ("start", "state", "kill", "delete"):
         r = rt.cmd(verb, "no-such-container")
