@@ -2,6 +2,7 @@
 #include "runtime/container.h"
 
 #include "runtime/names.h"
+#include "runtime/seccomp.h"
 
 #include <string.h>
 
@@ -31,7 +32,7 @@ json_t *container_features(void)
 	json_t *caps = json_array();
 	for (int c = 0; caps && c <= cella_cap_last(); c++)
 		json_array_append_new(caps, json_string(cella_cap_name(c)));
-	return json_pack("{s:s, s:s, s:o, s:o, s:{s:o, s:o, s:{s:b, s:b, s:b}, s:{s:b}, s:{s:b}, s:{s:b}},"
+	return json_pack("{s:s, s:s, s:o, s:o, s:{s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:{s:b}, s:{s:b}},"
 			 " s:{s:s}}",
 			 "ociVersionMin", "1.0.0", "ociVersionMax", CELLA_OCI_VERSION,
 			 "hooks", strings(hooks, 0),
@@ -40,7 +41,7 @@ json_t *container_features(void)
 			 "namespaces", strings(namespaces, sizeof(namespaces) / sizeof(namespaces[0])),
 			 "capabilities", caps,
 			 "cgroup", "v1", 1, "v2", 1, "systemd", 0,
-			 "seccomp", "enabled", 0,
+			 "seccomp", cella_seccomp_features(),
 			 "apparmor", "enabled", 0,
 			 "selinux", "enabled", 0,
 			 "annotations", "io.cella.runtime", "cella");

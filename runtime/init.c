@@ -4,6 +4,7 @@
 
 #include "base/err.h"
 #include "base/util.h"
+#include "runtime/seccomp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -162,6 +163,13 @@ _Noreturn void container_init(struct init_args *a)
 	char *exe = process_find_exec(p->args[0], env, &err);
 	if (!env || !exe)
 		fail(a, &err);
+	/* seccomp: built now (errors still reach the runtime); without no_new_privs it must be loaded
+	 * while we still hold CAP_SYS_ADMIN, else as late as possible (right before execve). */
+	struct cella_seccomp *filter = NULL;
+	if (cfg->linux_.seccomp && cella_seccomp_build(cfg->linux_.seccomp, &filter, &err) < 0)
+		fail(a, &err);
+	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+		fail(a, &err);
 	if (process_user_caps(p, &err) < 0)
 		fail(a, &err);
 	if (p->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
@@ -195,6 +203,10 @@ _Noreturn void container_init(struct init_args *a)
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (filter && p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0) {
+		dprintf(STDERR_FILENO, "cella: container init: %s\n", err.msg);
+		_exit(1);
+	}
 	execve(exe, p->args, env);
 	dprintf(STDERR_FILENO, "cella: exec %s: %s\n", exe, strerror(errno));
 	_exit(127);
