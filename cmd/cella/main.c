@@ -25,6 +25,7 @@ static const struct {
 	{ "list", verb_list, "lists containers started by cella with the given root" },
 	{ "features", verb_features, "show the enabled features" },
 	{ "spec", verb_spec, "create a new specification file" },
+	{ "exec", verb_exec, "execute new process inside the container" },
 };
 
 static void usage(FILE *f)
@@ -185,8 +186,10 @@ int main(int argc, char **argv)
 		/* The verb sees argv[0] = its name. */
 		int r = verbs[k].fn(&g, argc - i, argv + i, &err);
 		fflush(stdout);
-		if (r < 0)
-			return fail(&g, &err);
+		if (r < 0) {
+			fail(&g, &err);
+			return cella_exit_status > 0 ? cella_exit_status : 1;
+		}
 		return cella_exit_status >= 0 ? cella_exit_status : 0;
 	}
 	cella_err_set(&err, EINVAL, "No help topic for '%s'", verb);

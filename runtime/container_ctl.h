@@ -1,0 +1,60 @@
+/* Operations on a running container, with runc semantics: exec, ps, pause/resume, update and
+ * stats (for `events`). Same conventions as container.h: 0 or a negative errno, err filled with
+ * runc's wording where runc has one ("cannot exec in a stopped state"). */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+struct cella_err;
+struct cella_runtime;
+struct oci_resources;
+
+struct container_exec_opts {
+	const char *id;
+	/* The process: a process.json document (--process), or the container's config.json process
+	 * with the overrides below. */
+	const char *process_file;   /* NULL = none */
+	char *const *args;          /* with no process_file: required, NULL-terminated */
+	bool tty;                   /* -t */
+	bool detach;                /* -d */
+	const char *pid_file;       /* NULL = none */
+	const char *console_socket; /* NULL = none */
+	const char *cwd;            /* NULL = the config's */
+	char *const *env;           /* K=V appended to the config's env; NULL = none */
+	size_t n_env;
+	bool has_user;              /* --user UID[:GID] */
+	uid_t uid;
+	gid_t gid;
+	bool has_gid;
+	const gid_t *additional_gids; /* --additional-gids */
+	size_t n_additional_gids;
+	char *const *caps;          /* --cap NAME: added to the bounding, effective and permitted sets */
+	size_t n_caps;
+	bool no_new_privs;
+	unsigned preserve_fds;
+};
+
+/* Starts a process inside the container: joins each of its namespaces (user first) through
+ * /proc/<init>/ns, every cgroup directory, and applies the process settings. Without detach it
+ * waits (forwarding signals, proxying the terminal) and stores the exit status (128+n for signal
+ * n) in *exit_status; with detach it returns once the process has exec'd. */
+int container_exec(const struct cella_runtime *rt, const struct container_exec_opts *opts, int *exit_status,
+		   struct cella_err *err);
+
+/* Host pids of every process in the container's cgroups, ascending; *pids malloc'd. */
+int container_pids(const struct cella_runtime *rt, const char *id, pid_t **pids, size_t *n,
+		   struct cella_err *err);
+
+/* Freezes / thaws every process of the container (v1 freezer or v2 cgroup.freeze). */
+int container_pause(const struct cella_runtime *rt, const char *id, struct cella_err *err);
+int container_resume(const struct cella_runtime *rt, const char *id, struct cella_err *err);
+
+/* Applies resources to the running container's cgroups (only what res sets). */
+int container_update(const struct cella_runtime *rt, const char *id, const struct oci_resources *res,
+		     struct cella_err *err);
+
+/* runc's stats event: {"type":"stats","id":ID,"data":{"cpu":..,"memory":..,"pids":..,..}}. */
+int container_stats(const struct cella_runtime *rt, const char *id, json_t **out, struct cella_err *err);
