@@ -17,6 +17,7 @@
 #include "runtime/container.h"
 #include "runtime/init.h"
 #include "runtime/names.h"
+#include "runtime/seccomp.h"
 #include "runtime/state.h"
 
 #include <errno.h>
@@ -284,6 +285,13 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 		cella_err_wrap(&err, "unable to start container process");
 		child_fail(sfd, &err);
 	}
+	/* The container's seccomp filter, as the init loads it: while still privileged without
+	 * no_new_privs, else right before execve. */
+	struct cella_seccomp *filter = NULL;
+	if (c->cfg->linux_.seccomp && cella_seccomp_build(c->cfg->linux_.seccomp, &filter, &err) < 0)
+		child_fail(sfd, &err);
+	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+		child_fail(sfd, &err);
 	if (process_user_caps(p, &err) < 0)
 		child_fail(sfd, &err);
 	if (p->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
@@ -296,6 +304,8 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (filter && p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+		child_fail(sfd, &err);
 	execve(exe, p->args, env);
 	cella_err_sys(&err, errno, "unable to start container process: exec %s", exe);
 	child_fail(sfd, &err);

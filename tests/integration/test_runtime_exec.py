@@ -216,3 +216,15 @@ def test_exec_in_created_container_and_signal_forwarding(rt):
     out, err = p.communicate(timeout=10)
     assert p.returncode == 9 and b"got-term" in out, (out, err)
     rt.ok("delete", "-f", cid)
+
+
+def test_exec_applies_seccomp(rt):
+    def edit(c):
+        c["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                                               "errnoRet": 1}]}
+    cid = start(rt, edit=edit)
+    r = rt.cmd("exec", cid, "mkdir", "/tmp/blocked")
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r
+    assert rt.cmd("exec", cid, "--no-new-privs", "sh", "-c", "mkdir /tmp/b2 || exit 3").returncode == 3
+    rt.ok("delete", "-f", cid)
