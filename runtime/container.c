@@ -7,6 +7,7 @@
 #include "base/util.h"
 #include "runtime/cgroup.h"
 #include "runtime/config.h"
+#include "runtime/hooks.h"
 #include "runtime/init.h"
 #include "runtime/state.h"
 
@@ -212,6 +213,21 @@ static int child_msg(struct create_ctx *c, struct sync_msg *m, struct cella_err 
 	return 0;
 }
 
+/* prestart (deprecated) then createRuntime, in the runtime namespace. */
+static int run_create_hooks(struct create_ctx *c, struct cella_err *err)
+{
+	const struct oci_hooks *hs = &c->cfg->hooks;
+	if (!hooks_count(hs, HOOK_PRESTART) && !hooks_count(hs, HOOK_CREATE_RUNTIME))
+		return 0;
+	_cleanup_free_ char *state = hooks_state_json(c->st, "creating");
+	if (!state)
+		return cella_err_set(err, ENOMEM, "state");
+	int r = hooks_run(hs, HOOK_PRESTART, state, err);
+	if (r == 0)
+		r = hooks_run(hs, HOOK_CREATE_RUNTIME, state, err);
+	return r;
+}
+
 static int do_create(const struct cella_runtime *rt, const struct container_create_opts *o, struct create_ctx *c,
 		     struct cella_err *err)
 {
@@ -297,6 +313,9 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	c->fifo_fd = open(fifo, O_PATH | O_CLOEXEC);
 	if (c->fifo_fd < 0)
 		return cella_err_sys(err, errno, "open %s", fifo);
+	r = hooks_save(c->cfg, st->dir, err);
+	if (r < 0)
+		return r;
 
 	const struct oci_linux *l = &c->cfg->linux_;
 	struct cgroup_params params = {
@@ -413,7 +432,17 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	if (r < 0)
 		return r;
 
+	/* Namespaces exist, the root filesystem is not pivoted yet: the runtime-namespace hooks. */
+	r = run_create_hooks(c, err);
+	if (r < 0)
+		return r;
 	sync_send(c->sync_fd, SYNC_GO, 0, 0, NULL);
+	if (hooks_init_needs_state(&c->cfg->hooks)) {
+		_cleanup_free_ char *state = hooks_state_json(st, "creating");
+		r = state ? hooks_send_state(c->sync_fd, state, err) : cella_err_set(err, ENOMEM, "state");
+		if (r < 0)
+			return r;
+	}
 	struct sync_msg m;
 	r = child_msg(c, &m, err);
 	if (r < 0)
@@ -497,6 +526,8 @@ int container_start(const struct cella_runtime *rt, const char *id, struct cella
 	if (r < 0)
 		return r;
 	r = start_state(st, err);
+	if (r == 0)
+		hooks_run_saved(st, HOOK_POSTSTART, "running");
 	state_free(st);
 	return r;
 }
@@ -655,6 +686,8 @@ int container_run(const struct cella_runtime *rt, const struct container_create_
 			}
 		}
 		r = start_state(st, err);
+		if (r == 0)
+			hooks_run_saved(st, HOOK_POSTSTART, "running");
 		state_free(st);
 		if (r == 0)
 			*exit_status = wait_init(init, sigfd, &tty);

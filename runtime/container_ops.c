@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "runtime/cgroup.h"
+#include "runtime/hooks.h"
 #include "runtime/state.h"
 
 #include <dirent.h>
@@ -128,6 +129,7 @@ int container_delete(const struct cella_runtime *rt, const char *id, bool force,
 		state_free(st);
 		return cella_err_wrap(err, "delete %s", id);
 	}
+	hooks_run_saved(st, HOOK_POSTSTOP, "stopped");
 	r = cella_rm_rf(st->dir, err);
 	state_free(st);
 	return r;

@@ -14,8 +14,8 @@ static const char *const mount_options[] = {
 	"strictatime", "suid", "sync", "tmpcopyup", "unbindable",
 };
 
-/* Hooks are parsed but not run yet: none are advertised. */
-static const char *const hooks[] = { NULL };
+static const char *const hooks[] = { "prestart", "createRuntime", "createContainer", "startContainer",
+				     "poststart", "poststop" };
 
 static const char *const namespaces[] = { "cgroup", "ipc", "mount", "network", "pid", "user", "uts" };
 
@@ -35,7 +35,7 @@ json_t *container_features(void)
 	return json_pack("{s:s, s:s, s:o, s:o, s:{s:o, s:o, s:{s:b, s:b, s:b}, s:o, s:{s:b}, s:{s:b}},"
 			 " s:{s:s}}",
 			 "ociVersionMin", "1.0.0", "ociVersionMax", CELLA_OCI_VERSION,
-			 "hooks", strings(hooks, 0),
+			 "hooks", strings(hooks, sizeof(hooks) / sizeof(hooks[0])),
 			 "mountOptions", strings(mount_options, sizeof(mount_options) / sizeof(mount_options[0])),
 			 "linux",
 			 "namespaces", strings(namespaces, sizeof(namespaces) / sizeof(namespaces[0])),

@@ -4,6 +4,7 @@
 
 #include "base/err.h"
 #include "base/util.h"
+#include "runtime/hooks.h"
 #include "runtime/seccomp.h"
 
 #include <errno.h>
@@ -113,6 +114,11 @@ _Noreturn void container_init(struct init_args *a)
 			fail(a, &err);
 	}
 	expect(a, SYNC_GO);
+	char *state = NULL;
+	if (hooks_init_needs_state(&cfg->hooks) && !(state = hooks_recv_state(a->sync_fd))) {
+		cella_err_set(&err, EPROTO, "receive the state for the hooks");
+		fail(a, &err);
+	}
 	if (a->clone_flags & CLONE_NEWUSER) {
 		if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0) {
 			cella_err_sys(&err, errno, "become root in the user namespace");
@@ -139,7 +145,12 @@ _Noreturn void container_init(struct init_args *a)
 		fail(a, &err);
 	}
 
-	if (rootfs_prepare(a, &err) < 0 || rootfs_pivot(a, &err) < 0)
+	if (rootfs_prepare(a, &err) < 0)
+		fail(a, &err);
+	/* In the container's mount namespace, before pivot_root. */
+	if (hooks_run(&cfg->hooks, HOOK_CREATE_CONTAINER, state, &err) < 0)
+		fail(a, &err);
+	if (rootfs_pivot(a, &err) < 0)
 		fail(a, &err);
 	if (p->terminal && terminal_setup(p, a->console_fd, &err) < 0)
 		fail(a, &err);
@@ -198,6 +209,19 @@ _Noreturn void container_init(struct init_args *a)
 		_exit(1);
 	}
 
+	/* Started: startContainer hooks run in the container, before the process. */
+	if (hooks_count(&cfg->hooks, HOOK_START_CONTAINER)) {
+		json_t *j = json_loads(state, 0, NULL);
+		json_object_set_new(j, "status", json_string("running"));
+		char *running = j ? json_dumps(j, JSON_COMPACT) : NULL;
+		json_decref(j);
+		if (hooks_run(&cfg->hooks, HOOK_START_CONTAINER, running ? running : state, &err) < 0) {
+			dprintf(STDERR_FILENO, "cella: container init: %s\n", err.msg);
+			_exit(1);
+		}
+		free(running);
+	}
+	free(state);
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
 	sigset_t none;

@@ -235,7 +235,7 @@ def test_version_features_spec(rt, tmp_path):
     assert set(f["linux"]["namespaces"]) >= {"pid", "network", "mount", "ipc", "uts", "user", "cgroup"}
     assert "CAP_SYS_ADMIN" in f["linux"]["capabilities"]
     assert f["linux"]["cgroup"] == {"v1": True, "v2": True, "systemd": False}
-    assert f["linux"]["seccomp"]["enabled"] is False
+    assert f["linux"]["seccomp"]["enabled"] is True
     assert "rbind" in f["mountOptions"] and "hooks" in f
     d = tmp_path / "spec"
     d.mkdir()
