@@ -143,3 +143,10 @@ unsigned long long cgroup_shares_to_weight(unsigned long long shares); /* crun's
 int cgroup_swap_to_v2(long long swap, long long limit, long long *out, struct cella_err *err);
 /* Validates a cpuset list ("0-3,7"); path is the config path used in the message. */
 int cgroup_validate_cpu_list(const char *list, const char *path, struct cella_err *err);
+
+/* Applies what res sets to the live instance (memory, cpu, cpuset, pids, blkio/io, unified), with
+ * the same conversions as create; the rest of the cgroup is left alone (runc's `update`). */
+int cgroup_update(struct cgroup_instance *inst, const struct oci_resources *res, struct cella_err *err);
+/* runc's stats object ("cpu", "memory", "pids", "blkio", ... as in runc's types.Stats) read from
+ * the instance's v1 or v2 files; missing files read as 0. */
+int cgroup_stats(struct cgroup_instance *inst, json_t **out, struct cella_err *err);

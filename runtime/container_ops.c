@@ -97,11 +97,24 @@ int container_delete(const struct cella_runtime *rt, const char *id, bool force,
 	if (r < 0)
 		return r;
 	enum container_status s = state_status(st);
-	if ((s == STATUS_RUNNING || s == STATUS_CREATING) && !force) {
+	bool paused = (s == STATUS_RUNNING || s == STATUS_CREATED) && state_paused(st);
+	if ((s == STATUS_RUNNING || s == STATUS_CREATING || paused) && !force) {
 		r = cella_err_set(err, EBUSY, "cannot delete container %s that is not stopped: %s", id,
-				  state_status_name(s));
+				  paused ? "paused" : state_status_name(s));
 		state_free(st);
 		return r;
+	}
+	if (paused) {
+		/* Frozen processes die of SIGKILL only once thawed: kill them all, then thaw (runc). */
+		struct cgroup_manager *pm = NULL;
+		struct cgroup_instance *pc = NULL;
+		struct cella_err e = { 0 };
+		if (load_cgroup(st, &pm, &pc, &e) == 0) {
+			cgroup_kill_all(pc, SIGKILL, &e);
+			cgroup_freeze(pc, false, &e);
+			cgroup_instance_free(pc);
+			cgroup_manager_free(pm);
+		}
 	}
 	/* A create still in progress is stopped first, so it cannot recreate what we remove. */
 	if (st->creator > 0 && proc_alive(st->creator, st->creator_start)) {

@@ -466,6 +466,8 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	switch (state_status(c->st)) {
 	case STATUS_CREATED:
 	case STATUS_RUNNING:
+		if (state_paused(c->st))
+			return cella_err_set(err, EBUSY, "cannot exec in a paused state");
 		break;
 	default:
 		return cella_err_set(err, EINVAL, "cannot exec in a %s state", state_status_name(state_status(c->st)));

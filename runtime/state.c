@@ -193,6 +193,46 @@ enum container_status state_status(const struct container_state *st)
 	return STATUS_RUNNING;
 }
 
+bool state_paused(const struct container_state *st)
+{
+	/* From the saved cgroup instance: the v1 freezer hierarchy, or the v2 directory on a pure v2
+	 * host (runc: frozen = paused). */
+	json_t *dirs = st->cgroup ? json_object_get(st->cgroup, "dirs") : NULL;
+	const char *mode = st->cgroup ? json_string_value(json_object_get(st->cgroup, "mode")) : NULL;
+	const char *file = NULL, *dir = NULL, *want = NULL;
+	size_t i;
+	json_t *d;
+	json_array_foreach(dirs, i, d) {
+		const char *type = json_string_value(json_object_get(d, "type"));
+		const char *ctrls = json_string_value(json_object_get(d, "controllers"));
+		const char *path = json_string_value(json_object_get(d, "path"));
+		if (!type || !path)
+			continue;
+		if (!strcmp(type, "v1") && ctrls) {
+			_cleanup_free_ char *list = strdup(ctrls);
+			char *save = NULL;
+			for (char *c = list ? strtok_r(list, ",", &save) : NULL; c; c = strtok_r(NULL, ",", &save))
+				if (!strcmp(c, "freezer")) {
+					dir = path, file = "freezer.state", want = "FROZEN";
+					break;
+				}
+		} else if (!strcmp(type, "v2") && mode && !strcmp(mode, "v2") && !dir) {
+			dir = path, file = "cgroup.freeze", want = "1";
+		}
+		if (dir && !strcmp(file, "freezer.state"))
+			break;
+	}
+	if (!dir)
+		return false;
+	_cleanup_free_ char *path = cella_path_join(dir, file);
+	char buf[32] = { 0 };
+	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) <= 0)
+		return false;
+	buf[strcspn(buf, "\n")] = '\0';
+	return strcmp(buf, want) == 0;
+}
+
 const char *state_status_name(enum container_status s)
 {
 	switch (s) {
@@ -208,7 +248,9 @@ json_t *state_to_oci(const struct container_state *st, enum container_status s)
 {
 	json_t *j = json_pack("{s:s, s:s, s:I, s:s, s:s, s:s, s:s, s:s}", "ociVersion", CELLA_OCI_VERSION, "id",
 			      st->id, "pid", (json_int_t)(s == STATUS_STOPPED ? 0 : st->pid), "status",
-			      state_status_name(s), "bundle", st->bundle ? st->bundle : "", "rootfs",
+			      (s == STATUS_RUNNING || s == STATUS_CREATED) && state_paused(st) ? "paused"
+											      : state_status_name(s),
+			      "bundle", st->bundle ? st->bundle : "", "rootfs",
 			      st->rootfs ? st->rootfs : "", "created", st->created ? st->created : "", "owner",
 			      "");
 	if (!j)

@@ -46,6 +46,8 @@ void state_free(struct container_state *st);
 
 enum container_status state_status(const struct container_state *st);
 const char *state_status_name(enum container_status s);
+/* True when the container's cgroup is frozen (`pause`); state and list then report "paused". */
+bool state_paused(const struct container_state *st);
 /* The OCI state document for st in status s. */
 json_t *state_to_oci(const struct container_state *st, enum container_status s);
 

@@ -42,6 +42,11 @@ int verb_features(const struct global_opts *g, int argc, char **argv, struct cel
 int verb_spec(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
 /* exec.c, ps.c, pause.c (pause, resume), update.c, events.c */
 int verb_exec(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_ps(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_pause(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_resume(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_update(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_events(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
 
 /* Prints a JSON value to stdout (indented), with a trailing newline. */
 int print_json(json_t *j, bool indent, struct cella_err *err);

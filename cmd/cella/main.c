@@ -4,6 +4,7 @@
 
 #include "base/log.h"
 #include "base/util.h"
+#include "runtime/selfexec.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -26,6 +27,11 @@ static const struct {
 	{ "features", verb_features, "show the enabled features" },
 	{ "spec", verb_spec, "create a new specification file" },
 	{ "exec", verb_exec, "execute new process inside the container" },
+	{ "ps", verb_ps, "ps displays the processes running inside a container" },
+	{ "pause", verb_pause, "pause suspends all processes inside the container" },
+	{ "resume", verb_resume, "resumes all processes that have been previously paused" },
+	{ "update", verb_update, "update container resource constraints" },
+	{ "events", verb_events, "display container events such as OOM notifications, cpu, memory, and IO usage statistics" },
 };
 
 static void usage(FILE *f)
@@ -172,6 +178,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	verb = argv[i];
+	/* Verbs that enter a container run from a sealed copy of the binary (CVE-2019-5736). */
+	if ((!strcmp(verb, "create") || !strcmp(verb, "run") || !strcmp(verb, "exec")) &&
+	    cella_selfexec_sealed(argv, &err) < 0)
+		return fail(&g, &err);
 	if (!strcmp(verb, "help")) {
 		usage(stdout);
 		return 0;
