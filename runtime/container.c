@@ -7,6 +7,7 @@
 #include "base/util.h"
 #include "runtime/cgroup.h"
 #include "runtime/config.h"
+#include "runtime/harden.h"
 #include "runtime/hooks.h"
 #include "runtime/init.h"
 #include "runtime/state.h"
@@ -142,6 +143,8 @@ static int validate(struct create_ctx *c, const struct container_create_opts *o,
 	c->rootfs = strdup(real);
 	if (!cfg->process.args || !cfg->process.args[0])
 		return cella_err_set(err, EINVAL, "config.json: process.args: must not be empty");
+	if (harden_check_caps(&cfg->process, "config.json: process", err) < 0)
+		return -EPERM;
 	if (!oci_config_has_namespace(cfg, OCI_NS_MOUNT))
 		return cella_err_set(err, EINVAL,
 				     "config.json: linux.namespaces: a mount namespace is required (cella never "

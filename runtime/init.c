@@ -4,6 +4,7 @@
 
 #include "base/err.h"
 #include "base/util.h"
+#include "runtime/harden.h"
 #include "runtime/hooks.h"
 #include "runtime/seccomp.h"
 
@@ -161,14 +162,8 @@ _Noreturn void container_init(struct init_args *a)
 	if (process_rlimits(p, &err) < 0)
 		fail(a, &err);
 
-	const char *cwd = p->cwd ? p->cwd : "/";
-	struct stat sb;
-	if (stat(cwd, &sb) < 0 && errno == ENOENT)
-		cella_mkdir_p(cwd, 0755, NULL);
-	if (chdir(cwd) < 0) {
-		cella_err_sys(&err, errno, "process.cwd: chdir %s", cwd);
+	if (harden_chdir(p->cwd ? p->cwd : "/", "process.cwd", &err) < 0)
 		fail(a, &err);
-	}
 	umask(p->user.umask.set ? (mode_t)p->user.umask.v : 0022);
 	char **env = process_env(p);
 	char *exe = process_find_exec(p->args[0], env, &err);
