@@ -4,6 +4,7 @@
 
 #include "base/log.h"
 #include "base/util.h"
+#include "runtime/selfexec.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -177,6 +178,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	verb = argv[i];
+	/* Verbs that enter a container run from a sealed copy of the binary (CVE-2019-5736). */
+	if ((!strcmp(verb, "create") || !strcmp(verb, "run") || !strcmp(verb, "exec")) &&
+	    cella_selfexec_sealed(argv, &err) < 0)
+		return fail(&g, &err);
 	if (!strcmp(verb, "help")) {
 		usage(stdout);
 		return 0;
