@@ -7,6 +7,7 @@
 #include "runtime/config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,7 +171,8 @@ static json_t *num_list(const struct cg_dir *d, const char *file)
 }
 
 #define J(v) json_integer((json_int_t)(v))
-#define MAXU 0xffffffffffffffffULL
+/* "max" (unlimited): runc reports MaxUint64; jansson integers are signed 64-bit, so INT64_MAX. */
+#define MAXU ((unsigned long long)INT64_MAX)
 
 static json_t *cpu_stats(struct cgroup_instance *inst)
 {

@@ -850,6 +850,96 @@ static void test_bpf(void)
 	free(prog);
 }
 
+/* update and stats (runtime/cgroup_ctl.c) on v1 and v2 fakes. */
+static void test_update_stats(void)
+{
+	struct fake f1, f2;
+	fake_build(&f1, "upd-v1", L_V1, NULL);
+	fake_build(&f2, "upd-v2", L_V2, NULL);
+	struct cella_err err = { 0 };
+	struct cgroup_params p = { .id = "u1", .skip_devices = true };
+	struct cgroup_instance *i1 = NULL, *i2 = NULL;
+	TAP_OK(f1.mgr && cgroup_create(f1.mgr, &p, 0, &i1, &err) == 0, "update: v1 create (%s)", err.msg);
+	TAP_OK(f2.mgr && cgroup_create(f2.mgr, &p, 0, &i2, &err) == 0, "update: v2 create (%s)", err.msg);
+	if (!i1 || !i2)
+		return;
+	struct oci_resources r;
+	memset(&r, 0, sizeof(r));
+	r.has_memory = true;
+	r.memory.limit = (struct oci_opt_i64){ true, 1 << 20 };
+	r.has_pids = true;
+	r.pids.limit = (struct oci_opt_i64){ true, 5 };
+	r.has_cpu = true;
+	r.cpu.quota = (struct oci_opt_i64){ true, 20000 };
+	r.cpu.shares = (struct oci_opt_u64){ true, 512 };
+	TAP_OK(cgroup_update(i1, &r, &err) == 0, "update v1 (%s)", err.msg);
+	const char *mem = cgroup_instance_path(i1, "memory"), *cpu = cgroup_instance_path(i1, "cpu");
+	TAP_STREQ(get(mem, "memory.limit_in_bytes"), "1048576", "update v1: memory.limit_in_bytes");
+	TAP_STREQ(get(cgroup_instance_path(i1, "pids"), "pids.max"), "5", "update v1: pids.max");
+	TAP_STREQ(get(cpu, "cpu.cfs_quota_us"), "20000", "update v1: cpu.cfs_quota_us");
+	TAP_STREQ(get(cpu, "cpu.shares"), "512", "update v1: cpu.shares");
+	TAP_OK(cgroup_update(i2, &r, &err) == 0, "update v2 (%s)", err.msg);
+	const char *v2 = cgroup_instance_path(i2, "memory");
+	TAP_STREQ(get(v2, "memory.max"), "1048576", "update v2: memory.max");
+	TAP_STREQ(get(v2, "pids.max"), "5", "update v2: pids.max");
+	TAP_STREQ(get(v2, "cpu.max"), "20000 100000", "update v2: quota alone keeps the default period");
+	char w[32];
+	snprintf(w, sizeof(w), "%llu", cgroup_shares_to_weight(512));
+	TAP_STREQ(get(v2, "cpu.weight"), w, "update v2: shares -> cpu.weight");
+	memset(&r, 0, sizeof(r));
+	r.has_cpu = true;
+	r.cpu.cpus = (char *)"x";
+	TAP_OK(cgroup_update(i1, &r, &err) == -EINVAL, "update: bad cpu list rejected");
+
+	/* stats */
+	put(cpu, "cpuacct.usage", "12345");
+	put(cpu, "cpuacct.usage_percpu", "12000 345 ");
+	put(cpu, "cpu.stat", "nr_periods 4\nnr_throttled 1\nthrottled_time 99\n");
+	put(mem, "memory.usage_in_bytes", "4096");
+	put(mem, "memory.stat", "cache 10\nrss 20\n");
+	put(cgroup_instance_path(i1, "pids"), "pids.current", "3");
+	put(cgroup_instance_path(i1, "pids"), "pids.max", "max");
+	json_t *s = NULL;
+	TAP_OK(cgroup_stats(i1, &s, &err) == 0 && s, "stats v1");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(json_object_get(s, "cpu"), "usage"), "total")) == 12345,
+	       "stats v1: cpu.usage.total from cpuacct.usage");
+	TAP_OK(json_array_size(json_object_get(json_object_get(json_object_get(s, "cpu"), "usage"), "percpu")) == 2,
+	       "stats v1: percpu");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(json_object_get(s, "cpu"), "throttling"),
+						  "throttledPeriods")) == 1, "stats v1: throttling");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(json_object_get(s, "memory"), "usage"), "usage")) == 4096,
+	       "stats v1: memory usage");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(json_object_get(s, "memory"), "raw"), "rss")) == 20,
+	       "stats v1: memory raw");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(s, "pids"), "current")) == 3 &&
+		       json_integer_value(json_object_get(json_object_get(s, "pids"), "limit")) == 0,
+	       "stats v1: pids (max -> 0, as runc)");
+	json_decref(s);
+	put(v2, "cpu.stat", "usage_usec 5\nuser_usec 3\nsystem_usec 2\nnr_periods 0\n");
+	put(v2, "memory.current", "8192");
+	put(v2, "memory.max", "max");
+	put(v2, "memory.stat", "file 7\nanon 9\n");
+	s = NULL;
+	TAP_OK(cgroup_stats(i2, &s, &err) == 0 && s, "stats v2");
+	json_t *u = json_object_get(json_object_get(s, "cpu"), "usage");
+	TAP_OK(json_integer_value(json_object_get(u, "total")) == 5000 &&
+		       json_integer_value(json_object_get(u, "user")) == 3000 &&
+		       json_integer_value(json_object_get(u, "kernel")) == 2000,
+	       "stats v2: cpu.stat usec -> ns");
+	json_t *m = json_object_get(s, "memory");
+	TAP_OK(json_integer_value(json_object_get(json_object_get(m, "usage"), "usage")) == 8192 &&
+		       json_integer_value(json_object_get(json_object_get(m, "usage"), "limit")) == INT64_MAX &&
+		       json_integer_value(json_object_get(m, "cache")) == 7,
+	       "stats v2: memory.current, max, file -> cache");
+	json_decref(s);
+	cgroup_destroy(i1, NULL);
+	cgroup_destroy(i2, NULL);
+	cgroup_instance_free(i1);
+	cgroup_instance_free(i2);
+	cgroup_manager_free(f1.mgr);
+	cgroup_manager_free(f2.mgr);
+}
+
 int main(void)
 {
 	if (!mkdtemp(base_dir)) {
@@ -865,6 +955,7 @@ int main(void)
 	test_v2();
 	test_hybrid();
 	test_bpf();
+	test_update_stats();
 	cella_rm_rf(base_dir, NULL);
 	return tap_done();
 }
