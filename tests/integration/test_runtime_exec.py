@@ -254,3 +254,39 @@ def test_exec_preserve_fds_and_additional_gids(rt):
     r = rt.cmd("exec", "--user", "1000:1000", "--additional-gids", "10", "-g", "20", cid, "id", "-G")
     assert r.returncode == 0 and sorted(r.stdout.split()) == ["10", "1000", "20"], r
     rt.ok("delete", "-f", cid)
+
+
+def test_exec_tty_interactive_through_a_pty(rt):
+    """-t with a terminal on stdin: cella puts it in raw mode and proxies an interactive shell."""
+    import pty
+    import select
+    cid = start(rt)
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(CELLA), "--root", str(rt.root), "exec", "-t", cid, "sh"],
+                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    os.write(master, b"echo $((6*7))x; tty; exit 3\n")
+    out = b""
+    end = time.time() + 10
+    while time.time() < end and p.poll() is None:
+        r, _, _ = select.select([master], [], [], 0.1)
+        if r:
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+    assert p.wait(timeout=10) == 3, out
+    try:
+        while True:
+            r, _, _ = select.select([master], [], [], 0.2)
+            if not r:
+                break
+            chunk = os.read(master, 4096)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
+    os.close(master)
+    assert b"42x" in out and b"/dev/pts/" in out, out
+    rt.ok("delete", "-f", cid)
