@@ -10,6 +10,7 @@
 #include "runtime/harden.h"
 #include "runtime/hooks.h"
 #include "runtime/init.h"
+#include "runtime/seccomp.h"
 #include "runtime/state.h"
 
 #include <errno.h>
@@ -214,6 +215,20 @@ static int child_msg(struct create_ctx *c, struct sync_msg *m, struct cella_err 
 	if (m->type == SYNC_ERROR)
 		return cella_err_set(err, m->code ? m->code : EIO, "container init: %s", m->msg);
 	return 0;
+}
+
+/* The init's seccomp notify fd goes on to linux.seccomp.listenerPath with the state. */
+static int seccomp_listener(struct create_ctx *c, struct cella_err *err)
+{
+	int fd = terminal_recv_fd(c->sync_fd, err);
+	if (fd < 0)
+		return cella_err_wrap(err, "receive the seccomp notify fd");
+	json_t *state = state_to_oci(c->st, STATUS_CREATING);
+	int r = state ? cella_seccomp_notify_send(c->cfg->linux_.seccomp, fd, c->init, state, err)
+		      : cella_err_set(err, ENOMEM, "state");
+	json_decref(state);
+	close(fd);
+	return r;
 }
 
 /* prestart (deprecated) then createRuntime, in the runtime namespace. */
@@ -448,6 +463,11 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	}
 	struct sync_msg m;
 	r = child_msg(c, &m, err);
+	if (r == 0 && m.type == SYNC_SECCOMP) {
+		r = seccomp_listener(c, err);
+		if (r == 0)
+			r = child_msg(c, &m, err);
+	}
 	if (r < 0)
 		return r;
 	if (m.type != SYNC_READY)

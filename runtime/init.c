@@ -174,13 +174,24 @@ _Noreturn void container_init(struct init_args *a)
 	struct cella_seccomp *filter = NULL;
 	if (cfg->linux_.seccomp && cella_seccomp_build(cfg->linux_.seccomp, &filter, &err) < 0)
 		fail(a, &err);
-	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+	/* A notify listener fd must reach the runtime before READY: no waiting for execve then. */
+	bool late = filter && p->no_new_privileges && !cella_seccomp_wants_notify(filter);
+	int notify_fd = -1;
+	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, &notify_fd, &err) < 0)
 		fail(a, &err);
 	if (process_user_caps(p, &err) < 0)
 		fail(a, &err);
 	if (p->no_new_privileges && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
 		cella_err_sys(&err, errno, "process.noNewPrivileges");
 		fail(a, &err);
+	}
+	if (filter && p->no_new_privileges && !late && cella_seccomp_load(filter, &notify_fd, &err) < 0)
+		fail(a, &err);
+	if (notify_fd >= 0) {
+		sync_send(a->sync_fd, SYNC_SECCOMP, 0, 0, NULL);
+		if (terminal_send_fd(a->sync_fd, notify_fd, "seccomp", &err) < 0)
+			fail(a, &err);
+		close(notify_fd);
 	}
 	/* Only stdio and --preserve-fds survive exec. */
 	syscall(SYS_close_range, 3 + a->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
@@ -222,7 +233,7 @@ _Noreturn void container_init(struct init_args *a)
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	if (filter && p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0) {
+	if (late && cella_seccomp_load(filter, NULL, &err) < 0) {
 		dprintf(STDERR_FILENO, "cella: container init: %s\n", err.msg);
 		_exit(1);
 	}

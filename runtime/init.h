@@ -20,6 +20,7 @@ enum sync_type {
 	SYNC_READY,       /* C -> P: set up; about to wait on exec.fifo */
 	SYNC_ACK,         /* P -> C: state recorded; you are on your own */
 	SYNC_ERROR,       /* C -> P: setup failed: msg */
+	SYNC_SECCOMP,     /* C -> P: seccomp notify fd follows (SCM_RIGHTS message) for listenerPath */
 };
 
 struct sync_msg {

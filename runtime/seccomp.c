@@ -9,8 +9,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <seccomp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 struct cella_seccomp {
 	scmp_filter_ctx ctx;
@@ -213,8 +217,6 @@ int cella_seccomp_build(const struct oci_seccomp *s, struct cella_seccomp **out,
 		r = add_syscall(f, &s->syscalls[i], i, def, err);
 	if (r == 0 && f->notify && seccomp_api_get() < 5)
 		r = cella_err_set(err, EOPNOTSUPP, "linux.seccomp: SCMP_ACT_NOTIFY is not supported by this kernel");
-	if (r == 0 && f->notify)
-		r = cella_err_set(err, EOPNOTSUPP, "linux.seccomp: SCMP_ACT_NOTIFY (listenerPath) is not supported yet");
 	if (r < 0) {
 		cella_seccomp_free(f);
 		return r;
@@ -276,4 +278,54 @@ json_t *cella_seccomp_features(void)
 			 "archs", name_list(cella_seccomp_archs, true),
 			 "knownFlags", name_list(cella_seccomp_flags, false),
 			 "supportedFlags", supported);
+}
+
+int cella_seccomp_notify_send(const struct oci_seccomp *s, int notify_fd, pid_t pid, json_t *state,
+			      struct cella_err *err)
+{
+	const char *path = s->listener_path;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (!path || strlen(path) >= sizeof(sa.sun_path))
+		return cella_err_set(err, EINVAL, "linux.seccomp.listenerPath: invalid socket path");
+	strcpy(sa.sun_path, path);
+	json_t *doc = json_pack("{s:s, s:[s], s:i, s:s, s:O}", "ociVersion", "1.2.0", "fds", "seccompFd", "pid",
+				(json_int_t)pid, "metadata", s->listener_metadata ? s->listener_metadata : "", "state",
+				state);
+	char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+	json_decref(doc);
+	if (!text)
+		return cella_err_set(err, ENOMEM, "seccomp listener state");
+	int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int r = 0;
+	if (sock < 0) {
+		r = cella_err_sys(err, errno, "linux.seccomp.listenerPath: socket");
+	} else if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		r = cella_err_sys(err, errno, "linux.seccomp.listenerPath: connect to %s", path);
+	} else {
+		union {
+			char buf[CMSG_SPACE(sizeof(int))];
+			struct cmsghdr align;
+		} u;
+		memset(&u, 0, sizeof(u));
+		struct iovec iov = { .iov_base = text, .iov_len = strlen(text) };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+				      .msg_controllen = sizeof(u.buf) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &notify_fd, sizeof(int));
+		ssize_t n;
+		do
+			n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			r = cella_err_sys(err, errno, "linux.seccomp.listenerPath: send the notify fd to %s", path);
+		else if ((size_t)n < iov.iov_len)
+			r = cella_err_set(err, EIO, "linux.seccomp.listenerPath: short write to %s", path);
+	}
+	if (sock >= 0)
+		close(sock);
+	free(text);
+	return r;
 }

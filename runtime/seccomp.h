@@ -2,6 +2,7 @@
  * Build early (errors still reach the runtime), load as late as possible. Internal to runtime/. */
 #pragma once
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -18,6 +19,12 @@ bool cella_seccomp_wants_notify(const struct cella_seccomp *f);
  * passes it on and closes it) or -1. */
 int cella_seccomp_load(struct cella_seccomp *f, int *notify_fd, struct cella_err *err);
 void cella_seccomp_free(struct cella_seccomp *f);
+
+/* The runtime's side of SCMP_ACT_NOTIFY, as runc does it: connects to linux.seccomp.listenerPath
+ * and sends the container process state ({"ociVersion", "fds": ["seccompFd"], "pid", "metadata",
+ * "state"}) with the notify fd attached (SCM_RIGHTS). */
+int cella_seccomp_notify_send(const struct oci_seccomp *s, int notify_fd, pid_t pid, json_t *state,
+			      struct cella_err *err);
 
 /* For `features`: the names this build accepts. NULL-terminated. */
 extern const char *const cella_seccomp_actions[];
