@@ -9,6 +9,7 @@
 #include "runtime/state.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A loaded container with its cgroups. */
@@ -114,6 +115,31 @@ int container_stats(const struct cella_runtime *rt, const char *id, json_t **out
 		*out = json_pack("{s:s, s:s, s:o}", "type", "stats", "id", id, "data", data);
 		if (!*out)
 			r = cella_err_set(err, ENOMEM, "stats");
+	}
+	ctl_free(&c);
+	return r;
+}
+
+int container_oom_kills(const struct cella_runtime *rt, const char *id, unsigned long long *n, struct cella_err *err)
+{
+	struct ctl c;
+	*n = 0;
+	int r = ctl_open(rt, id, &c, err);
+	if (r == 0 && !live(&c))
+		r = cella_err_set(err, EINVAL, "container not running");
+	const char *dir = r == 0 ? cgroup_instance_path(c.cg, "memory") : NULL;
+	if (dir) {
+		static const char *const files[] = { "memory.events", "memory.oom_control" };
+		for (size_t i = 0; i < 2; i++) {
+			_cleanup_free_ char *path = cella_path_join(dir, files[i]);
+			_cleanup_free_ char *text = NULL;
+			if (!path || cella_read_file(path, 65536, &text, NULL, NULL) < 0)
+				continue;
+			const char *p = strstr(text, "oom_kill ");
+			if (p)
+				*n = strtoull(p + 9, NULL, 10);
+			break;
+		}
 	}
 	ctl_free(&c);
 	return r;

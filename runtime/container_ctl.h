@@ -58,3 +58,8 @@ int container_update(const struct cella_runtime *rt, const char *id, const struc
 
 /* runc's stats event: {"type":"stats","id":ID,"data":{"cpu":..,"memory":..,"pids":..,..}}. */
 int container_stats(const struct cella_runtime *rt, const char *id, json_t **out, struct cella_err *err);
+
+/* How many processes of the container the OOM killer has killed so far (v1 memory.oom_control or
+ * v2 memory.events "oom_kill"); 0 when the kernel does not say. For `events` ("oom" events). */
+int container_oom_kills(const struct cella_runtime *rt, const char *id, unsigned long long *n,
+			struct cella_err *err);

@@ -1,5 +1,6 @@
 /* cella events [--stats] [--interval D] ID: runc's stats events as JSON lines. --stats prints one
- * and exits; otherwise one every interval (default 5s) until the container stops. */
+ * and exits; otherwise one every interval (default 5s), plus an "oom" event per OOM kill, until
+ * the container stops. */
 #include "cmd/cella/cella.h"
 
 #include "runtime/container_ctl.h"
@@ -74,8 +75,20 @@ int verb_events(const struct global_opts *g, int argc, char **argv, struct cella
 	}
 	if (!id)
 		return cella_err_set(err, EINVAL, "events: container id cannot be empty");
+	unsigned long long ooms = 0;
+	if (!once && container_oom_kills(&g->rt, id, &ooms, err) < 0)
+		return -EINVAL;
 	for (bool first = true;; first = false) {
 		json_t *ev = NULL;
+		unsigned long long now = 0;
+		/* runc's {"type":"oom","id":ID} for each OOM kill since the last look. */
+		if (!once && container_oom_kills(&g->rt, id, &now, err) == 0) {
+			for (; ooms < now; ooms++) {
+				json_t *oom = json_pack("{s:s, s:s}", "type", "oom", "id", id);
+				print_json(oom, false, err);
+				json_decref(oom);
+			}
+		}
 		r = container_stats(&g->rt, id, &ev, err);
 		if (r < 0)
 			return first ? r : 0; /* the container went away: the stream ends */

@@ -192,3 +192,21 @@ def test_events_stats(rt):
     rt.ok("delete", "-f", cid)
     r = rt.cmd("events", "--stats", cid)
     assert r.returncode == 1 and "container does not exist" in r.stderr
+
+
+def test_events_reports_oom(rt):
+    import subprocess
+    from cella_rt import CELLA
+    cid = start(rt, edit=lambda c: c["linux"].setdefault("resources", {}).update(memory={"limit": 16 << 20}))
+    p = subprocess.Popen([str(CELLA), "--root", str(rt.root), "events", "--interval", "100ms", cid],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    r = rt.cmd("exec", cid, "sh", "-c", "x=$(head -c 40000000 /dev/zero | tr '\\0' a); echo survived")
+    assert r.returncode == 137 and "survived" not in r.stdout, r
+    time.sleep(0.5)
+    rt.ok("kill", cid, "KILL")
+    out, err = p.communicate(timeout=10)
+    events = [json.loads(l) for l in out.splitlines()]
+    assert {"type": "oom", "id": cid} in events, out
+    assert any(e["type"] == "stats" for e in events)
+    rt.ok("delete", "-f", cid)
