@@ -17,6 +17,7 @@
 #include "runtime/container.h"
 #include "runtime/init.h"
 #include "runtime/names.h"
+#include "runtime/harden.h"
 #include "runtime/seccomp.h"
 #include "runtime/state.h"
 
@@ -172,6 +173,9 @@ static int build_process(struct exec_ctx *c, const struct container_exec_opts *o
 	json_decref(doc);
 	if (r < 0)
 		return o->process_file ? cella_err_wrap(err, "%s", o->process_file) : r;
+	r = harden_check_caps(&c->proc, "process", err);
+	if (r < 0)
+		return r;
 	return 0;
 }
 
@@ -278,6 +282,8 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 		cella_err_sys(&err, errno, "chdir to cwd (\"%s\") set in config.json failed", cwd);
 		child_fail(sfd, &err);
 	}
+	if (harden_cwd_inside_root(cwd, "cwd", &err) < 0) /* CVE-2024-21626 */
+		child_fail(sfd, &err);
 	umask(p->user.umask.set ? (mode_t)p->user.umask.v : 0022);
 	char **env = process_env(p);
 	char *exe = process_find_exec(p->args[0], env, &err);

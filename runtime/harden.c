@@ -84,7 +84,12 @@ int harden_chdir(const char *cwd, const char *what, struct cella_err *err)
 		if (r < 0)
 			return cella_err_sys(err, e, "%s: chdir %s", what, cwd);
 	}
-	/* The kernel says "(unreachable)" (or ENOENT) for a cwd outside our root. */
+	return harden_cwd_inside_root(cwd, what, err);
+}
+
+int harden_cwd_inside_root(const char *cwd, const char *what, struct cella_err *err)
+{
+	/* The kernel says "(unreachable)" (glibc: ENOENT) for a cwd outside our root. */
 	char buf[PATH_MAX];
 	if (!getcwd(buf, sizeof(buf)) || buf[0] != '/')
 		return cella_err_set(err, EPERM, "%s: %s is outside the container root", what, cwd);

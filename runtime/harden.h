@@ -15,3 +15,6 @@ int harden_check_caps(const struct oci_process *p, const char *what, struct cell
  * /proc/self/fd/N and checks the result is under the root (CVE-2024-21626). Creates a missing
  * cwd like runc. what names the field for messages ("process.cwd"). */
 int harden_chdir(const char *cwd, const char *what, struct cella_err *err);
+
+/* After a plain chdir(cwd): fails if the cwd is not reachable from the current root. */
+int harden_cwd_inside_root(const char *cwd, const char *what, struct cella_err *err);

@@ -126,3 +126,22 @@ def test_capability_outside_bounding_set_refused(rt):
     assert not (rt.root / cid).exists()
     r = rt.cmd("run", "--bundle", b, cid)
     assert r.returncode != 0 and "CAP_SYS_RESOURCE" in r.stderr, r
+
+
+def test_exec_cap_outside_bounding_set_and_cwd_escape_refused(rt):
+    with open("/proc/self/status") as f:
+        bnd = int(next(l for l in f if l.startswith("CapBnd:")).split()[1], 16)
+    cid = rt.new_id()
+    rt.ok("run", "-d", "--bundle", rt.bundle(["sleep", "30"]), cid)
+    try:
+        if not bnd & (1 << 24):
+            r = rt.cmd("exec", "--cap", "CAP_SYS_RESOURCE", cid, "true")
+            assert r.returncode != 0, r
+            assert "process.capabilities.bounding: CAP_SYS_RESOURCE is not in the runtime's bounding set" in r.stderr, r
+        for n in range(3, 9):
+            r = rt.cmd("exec", "--cwd", f"/proc/self/fd/{n}", cid, "pwd")
+            assert "(unreachable)" not in r.stdout, r
+            assert r.returncode != 0 or not r.stdout.startswith("/proc"), r
+        assert rt.cmd("exec", cid, "true").returncode == 0
+    finally:
+        rt.ok("delete", "-f", cid)
