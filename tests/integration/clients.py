@@ -1,0 +1,454 @@
+"""Real clients driving cella: Podman and containerd (ctr) with private state, for the integration
+tests (test_podman.py, test_containerd.py) and bench/clients.py. Standalone (no pytest import).
+
+Facts found on this host (Debian 12, podman 4.3, containerd 1.6, cgroup hybrid: v1 controllers
+plus an empty cgroup2 at /sys/fs/cgroup/unified), true for cella and for runc alike:
+
+Podman
+- CONTAINERS_CONF and CONTAINERS_STORAGE_CONF point at files in the private directory; storage is
+  overlay (vfs where the kernel has no overlayfs) with graphroot and runroot there too.
+- conmon runs podman's exit command (`podman container cleanup`) with a scrubbed environment: it
+  does NOT see CONTAINERS_CONF. Only settings podman passes on that command line survive (--root,
+  --runroot, --tmpdir, --volumepath, --network-config-dir, --runtime, --cgroup-manager,
+  --events-backend). So static_dir and events_logfile_path must keep their defaults (under
+  graphroot and tmp_dir): set them in containers.conf and the cleanup process looks in another
+  database, never finds the container, and every `podman run` waits conmon's 20 s timeout.
+- netns="none" (no CNI, no traffic), cgroup_manager="cgroupfs" (no systemd here) with podman's
+  default cgroup parent /libpod_parent: works on the hybrid host, no cgroups="disabled" needed.
+- default_ulimits: podman's defaults (nofile 1048576, nproc = max) exceed this host's hard limits
+  and CAP_SYS_RESOURCE is not in the bounding set, so raising them fails in every runtime ("error
+  setting rlimit type 6: operation not permitted" from runc): nofile and nproc are set <= 20000.
+- `podman import` of a tar of the busybox rootfs gives a local image; runs use --pull=never.
+- conmon puts itself in /libpod_parent/conmon in every v1 hierarchy and leaves that cgroup
+  (podman's behaviour, runc too): teardown removes it when this test run created it.
+
+containerd
+- own config (root, state, grpc/ttrpc sockets in the private directory, CRI and the snapshotters
+  we do not use disabled, no debug/metrics listener), own namespace (so cgroups are /NS/ID),
+  `--runc-root` and ctr's `--fifo-dir` in the private directory. The shim sockets have a fixed
+  directory (/run/containerd/s): teardown removes it (and /run/containerd) when it created them.
+- image: a single-layer OCI image built by umoci from the busybox rootfs, tarred and
+  `ctr image import`ed.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def sh(cmd, timeout=120, **kw):
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    return subprocess.run([str(c) for c in cmd], timeout=timeout, **kw)
+
+
+def busybox_rootfs():
+    """The rootfs of scripts/mk-bundle.sh's busybox bundle (built or reused). Raises
+    RuntimeError with a one-line reason when it cannot be built."""
+    p = sh([REPO / "scripts/mk-bundle.sh"], timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(f"cannot build the busybox bundle: {p.stderr.strip()[-200:]}")
+    return Path(p.stdout.strip().splitlines()[-1]) / "rootfs"
+
+
+def mounts_under(prefix):
+    """Mount points at or below prefix, deepest first."""
+    prefix = str(prefix).rstrip("/")
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == prefix or mp.startswith(prefix + "/"):
+                out.append(mp)
+    return sorted(set(out), key=len, reverse=True)
+
+
+def unmount_under(prefix):
+    for mp in mounts_under(prefix):
+        subprocess.run(["umount", "-l", mp], capture_output=True)
+
+
+def pids_with_cmdline(needle):
+    """Pids of processes whose command line contains needle (never our own)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            found.append((int(d), cmd.strip()))
+    return found
+
+
+def kill_and_wait(pids, timeout=5):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    end = time.time() + timeout
+    while time.time() < end and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.05)
+
+
+def cgroup_dirs(rel):
+    """rel (e.g. "libpod_parent/conmon") in every hierarchy where it exists."""
+    out = []
+    for h in sorted(CGROUP_ROOT.iterdir()):
+        d = h / rel
+        if d.is_dir():
+            out.append(d)
+    return out
+
+
+def rmdir_cgroup_tree(rel):
+    """Removes empty cgroup directories rel/** (deepest first) in every hierarchy."""
+    for top in cgroup_dirs(rel):
+        for sub, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
+            try:
+                os.rmdir(sub)
+            except OSError:
+                pass
+
+
+def procs_in_cgroups_matching(pattern):
+    """Pids whose /proc/PID/cgroup has a path matching the regex pattern."""
+    rx = re.compile(pattern)
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cgroup") as f:
+                if any(rx.search(l.split(":", 2)[2]) for l in f if l.count(":") >= 2):
+                    found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+def state_entries(root):
+    try:
+        return set(os.listdir(root))
+    except OSError:
+        return set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Podman
+
+class Podman:
+    """Podman with all its state in `top` (a directory this object owns and removes)."""
+
+    IMAGE = "localhost/cella-busybox:test"
+    # What the cleanup check in leaks() looks at; the state roots of the runtimes we drive.
+    RUNTIME_ROOTS = {"cella": Path("/run/cella"), "runc": Path("/run/runc")}
+
+    def __init__(self, top: Path):
+        self.top = Path(top)
+        self.top.mkdir(parents=True, exist_ok=True)
+        with open("/proc/filesystems") as f:
+            self.driver = "overlay" if any(l.split()[-1] == "overlay" for l in f) else "vfs"
+        self.conf = self.top / "containers.conf"
+        self.storage_conf = self.top / "storage.conf"
+        t = self.top
+        self.conf.write_text(f"""\
+[containers]
+netns = "none"
+log_driver = "k8s-file"
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = "{t}/tmp"
+volume_path = "{t}/volumes"
+
+[network]
+network_config_dir = "{t}/net"
+""")
+        self.storage_conf.write_text(f"""\
+[storage]
+driver = "{self.driver}"
+graphroot = "{t}/graph"
+runroot = "{t}/run"
+""")
+        self.env = dict(os.environ, CONTAINERS_CONF=str(self.conf),
+                        CONTAINERS_STORAGE_CONF=str(self.storage_conf))
+        # cgroups that conmon leaves behind: removed at teardown only if they are ours.
+        self.had_libpod_parent = bool(cgroup_dirs("libpod_parent"))
+        self.roots_before = {k: state_entries(v) for k, v in self.RUNTIME_ROOTS.items()}
+        self.mounts_baseline = set()
+
+    def __call__(self, *args, runtime=None, timeout=60, **kw):
+        """podman [--runtime RUNTIME] ARGS... -> CompletedProcess (text)."""
+        cmd = ["podman"] + (["--runtime", str(runtime)] if runtime else []) + [str(a) for a in args]
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(cmd, env=self.env, timeout=timeout, **kw)
+
+    def import_rootfs(self, rootfs):
+        tarball = self.top / "rootfs.tar"
+        p = sh(["tar", "-C", rootfs, "-cf", tarball, "."])
+        if p.returncode != 0:
+            raise RuntimeError(f"tar of {rootfs} failed: {p.stderr.strip()}")
+        p = self("import", tarball, self.IMAGE)
+        if p.returncode != 0:
+            raise RuntimeError(f"podman import failed: {p.stderr.strip()[-300:]}")
+        tarball.unlink()
+        self.mounts_baseline = set(mounts_under(self.top))
+        return self.IMAGE
+
+    def conmons(self):
+        """conmon processes of our containers and the `podman container cleanup` processes
+        they start (both name our graphroot on their command line)."""
+        return [p for p, _ in pids_with_cmdline(str(self.top))]
+
+    def leaks(self):
+        """What is left after the containers were removed: containers podman still knows,
+        conmon processes, mounts, container cgroups and processes in them, runtime state."""
+        problems = []
+        p = self("ps", "-aq")
+        if p.stdout.strip():
+            problems.append(f"podman still lists containers: {p.stdout.split()}")
+        end = time.time() + 5
+        while self.conmons() and time.time() < end:
+            time.sleep(0.05)
+        if self.conmons():
+            problems.append(f"conmon processes left: {self.conmons()}")
+        extra = set(mounts_under(self.top)) - self.mounts_baseline
+        if extra:
+            problems.append(f"mounts left: {sorted(extra)}")
+        left = [str(d) for top in cgroup_dirs("libpod_parent") for d in top.glob("libpod-*")]
+        if left:
+            problems.append(f"container cgroups left: {left}")
+        procs = procs_in_cgroups_matching(r"/libpod-[0-9a-f]{64}")
+        if procs:
+            problems.append(f"processes left in container cgroups: {procs}")
+        for name, root in self.RUNTIME_ROOTS.items():
+            new = {e for e in state_entries(root) - self.roots_before[name] if re.fullmatch(r"[0-9a-f]{64}", e)}
+            if new:
+                problems.append(f"{name} state left in {root}: {sorted(new)}")
+        return problems
+
+    def teardown(self):
+        """Removes every container, image and directory podman made; returns what was still
+        there after podman's own cleanup (the leaks the teardown had to clean)."""
+        problems = []
+        ids = self("ps", "-aq").stdout.split()
+        if ids:
+            problems.append(f"containers left: {ids}")
+            self("rm", "-f", "-t", "0", *ids)
+        self("rmi", "-af")
+        self("system", "reset", "-f")
+        end = time.time() + 5
+        while self.conmons() and time.time() < end:
+            time.sleep(0.05)
+        pids = self.conmons()
+        if pids:
+            problems.append(f"conmon processes left: {pids}")
+            kill_and_wait(pids)
+        left = mounts_under(self.top)
+        if left:
+            problems.append(f"mounts left: {left}")
+            unmount_under(self.top)
+        if not self.had_libpod_parent:
+            rmdir_cgroup_tree("libpod_parent")
+        shutil.rmtree(self.top, ignore_errors=True)
+        return problems
+
+
+# ------------------------------------------------------------------------------------------------
+# containerd
+
+class Containerd:
+    """A containerd daemon with its own config, root, state and sockets in `top`, and ctr."""
+
+    IMAGE_BASE = "localhost/cella-busybox"
+
+    def __init__(self, top: Path):
+        self.top = Path(top)
+        self.top.mkdir(parents=True, exist_ok=True)
+        self.sock = self.top / "containerd.sock"
+        self.ns = f"cellatest{os.getpid()}"
+        self.config = self.top / "config.toml"
+        self.proc = None
+        self.image = None
+        self.fifo_dir = self.top / "fifo"
+        t = self.top
+        self.config.write_text(f"""\
+version = 2
+root = "{t}/root"
+state = "{t}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{self.sock}"
+
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+
+[debug]
+  address = ""
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{t}/opt"
+""")
+        self.run_containerd_existed = {d: os.path.exists(d) for d in
+                                       ("/run/containerd", "/run/containerd/fifo", "/run/containerd/s")}
+
+    def start(self, timeout=20):
+        self.log = open(self.top / "containerd.log", "w")
+        self.proc = subprocess.Popen(["containerd", "--config", str(self.config)], stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.proc.returncode}: {self.log_tail()}")
+            if self.sock.exists() and self.ctr("version", timeout=5).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"containerd did not answer on {self.sock} in {timeout} s: {self.log_tail()}")
+
+    def log_tail(self, n=5):
+        try:
+            return " | ".join((self.top / "containerd.log").read_text().strip().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def ctr(self, *args, timeout=60, **kw):
+        cmd = ["ctr", "--address", str(self.sock), "--namespace", self.ns] + [str(a) for a in args]
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(cmd, timeout=timeout, **kw)
+
+    def runtime_opts(self, runtime: Path, name: str):
+        """ctr run options that make the runc shim use `runtime` with a private --root."""
+        return ["--runc-binary", str(runtime), "--runc-root", str(self.runtime_root(name)),
+                "--fifo-dir", str(self.fifo_dir)]
+
+    def runtime_root(self, name):
+        return self.top / f"runtime-root-{name}"
+
+    def import_rootfs(self, rootfs):
+        """Builds a single-layer OCI image of rootfs with umoci, imports it; returns its ref."""
+        layout = self.top / "oci"
+        tag = "test"
+        steps = [["umoci", "init", "--layout", layout],
+                 ["umoci", "new", "--image", f"{layout}:{tag}"],
+                 ["umoci", "insert", "--image", f"{layout}:{tag}", rootfs, "/"],
+                 ["umoci", "config", "--image", f"{layout}:{tag}", "--config.cmd", "sh",
+                  "--config.env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                 ["umoci", "gc", "--layout", layout],
+                 ["tar", "-C", layout, "-cf", self.top / "image.tar", "."]]
+        for s in steps:
+            p = sh(s)
+            if p.returncode != 0:
+                raise RuntimeError(f"{' '.join(map(str, s[:2]))} failed: {p.stderr.strip()[-300:]}")
+        index = json.loads((layout / "index.json").read_text())
+        manifest = json.loads((layout / "blobs" / "sha256" / index["manifests"][0]["digest"][7:]).read_text())
+        assert len(manifest["layers"]) == 1, manifest
+        p = self.ctr("image", "import", "--base-name", self.IMAGE_BASE, self.top / "image.tar")
+        if p.returncode != 0:
+            raise RuntimeError(f"ctr image import failed: {p.stderr.strip()[-300:]}")
+        shutil.rmtree(layout)
+        (self.top / "image.tar").unlink()
+        self.image = f"{self.IMAGE_BASE}:{tag}"
+        return self.image
+
+    def shims(self):
+        return [p for p, cmd in pids_with_cmdline(str(self.sock)) if "containerd-shim" in cmd]
+
+    def remove_all(self):
+        """Kills and deletes every task and container of our namespace."""
+        for cid in self.ctr("container", "ls", "-q").stdout.split():
+            self.ctr("task", "kill", "-s", "KILL", cid)
+            for _ in range(100):
+                if "RUNNING" not in self.ctr("task", "ls").stdout:
+                    break
+                time.sleep(0.05)
+            self.ctr("task", "delete", "-f", cid)
+            self.ctr("container", "delete", cid)
+
+    def leaks(self, runtime_names=("cella", "runc")):
+        problems = []
+        p = self.ctr("container", "ls", "-q")
+        if p.stdout.strip():
+            problems.append(f"containers left: {p.stdout.split()}")
+        p = self.ctr("task", "ls", "-q")
+        if p.stdout.strip():
+            problems.append(f"tasks left: {p.stdout.split()}")
+        end = time.time() + 5
+        while self.shims() and time.time() < end:
+            time.sleep(0.05)
+        if self.shims():
+            problems.append(f"shim processes left: {self.shims()}")
+        m = mounts_under(self.top / "state")
+        if m:
+            problems.append(f"mounts left: {m}")
+        for name in runtime_names:
+            d = self.runtime_root(name) / self.ns  # the shim adds the namespace to --runc-root
+            if state_entries(d):
+                problems.append(f"{name} state left in {d}: {sorted(state_entries(d))}")
+        left = [str(d) for top in cgroup_dirs(self.ns) for d in top.iterdir() if d.is_dir()]
+        if left:
+            problems.append(f"container cgroups left: {left}")
+        procs = procs_in_cgroups_matching(rf"^/{self.ns}/")
+        if procs:
+            problems.append(f"processes left in container cgroups: {procs}")
+        return problems
+
+    def teardown(self):
+        """Stops containerd and removes everything it and its shims made; returns what had to
+        be cleaned by force."""
+        problems = []
+        if self.proc is not None and self.proc.poll() is None:
+            self.remove_all()
+            if self.image:
+                self.ctr("image", "rm", self.image)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                problems.append("containerd ignored SIGTERM")
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.log.close()
+        pids = self.shims()
+        if pids:
+            problems.append(f"shim processes left: {pids}")
+            kill_and_wait(pids)
+        left = mounts_under(self.top)
+        if left:
+            problems.append(f"mounts left: {left}")
+            unmount_under(self.top)
+        rmdir_cgroup_tree(self.ns)
+        for d in ("/run/containerd/fifo", "/run/containerd/s", "/run/containerd"):
+            if not self.run_containerd_existed[d]:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+        shutil.rmtree(self.top, ignore_errors=True)
+        return problems

@@ -1,0 +1,202 @@
+"""containerd drives cella through its runc shim (`ctr run --runc-binary build/.../cella`), with runc
+as the control: run --rm, run -d + task exec + task kill + delete, task ps, task pause/resume,
+a tty. containerd runs with its own config, root, state, sockets and namespace (clients.py);
+every test ends with a leak check and the module stops containerd and removes all it made."""
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import BUILD, need_root
+from clients import Containerd, busybox_rootfs
+from test_podman import drive_pty
+
+CELLA = BUILD / "cella"
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+RUNTIMES = ["cella", "runc"]
+TRAP_LOOP = ["sh", "-c", 'trap "exit 7" TERM; while :; do sleep 0.1; done']
+
+
+def runtime_path(name):
+    if name == "runc":
+        if not os.access(RUNC, os.X_OK):
+            pytest.skip("runc (the control) is not installed")
+        return RUNC
+    return CELLA
+
+
+@pytest.fixture(scope="module")
+def containerd_env(tmp_path_factory):
+    need_root()
+    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "umoci"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (apt-get install containerd umoci)")
+    if not CELLA.exists():
+        pytest.skip(f"{CELLA} not built")
+    try:
+        rootfs = busybox_rootfs()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    cd = Containerd(tmp_path_factory.mktemp("containerd"))
+    try:
+        cd.start()
+        cd.import_rootfs(rootfs)
+    except RuntimeError as e:
+        cd.teardown()
+        pytest.fail(str(e))
+    yield cd
+    problems = cd.teardown()
+    assert not problems, f"containerd teardown had to clean up: {problems}"
+
+
+@pytest.fixture
+def cd(containerd_env):
+    yield containerd_env
+    problems = containerd_env.leaks()
+    if problems:
+        containerd_env.remove_all()
+        pytest.fail("leaks after test: " + "; ".join(problems))
+
+
+def ok(p):
+    assert p.returncode == 0, f"{p.args}: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
+    return p
+
+
+def task_status(cd, cid):
+    for line in cd.ctr("task", "ls").stdout.splitlines()[1:]:
+        f = line.split()
+        if f and f[0] == cid:
+            return f[2]
+    return None
+
+
+def wait_status(cd, cid, want, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = task_status(cd, cid)
+        if st == want:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"task {cid} never became {want} (is {st})")
+
+
+class Detached:
+    """`ctr run -d` of the trap loop; deleted (task and container) on exit."""
+
+    def __init__(self, cd, rt, cid):
+        self.cd, self.rt, self.cid = cd, rt, cid
+
+    def __enter__(self):
+        ok(self.cd.ctr("run", "-d", *self.cd.runtime_opts(runtime_path(self.rt), self.rt),
+                       self.cd.image, self.cid, *TRAP_LOOP))
+        wait_status(self.cd, self.cid, "RUNNING")
+        return self
+
+    def exec(self, exec_id, *args, **kw):
+        return self.cd.ctr("task", "exec", "--fifo-dir", self.cd.fifo_dir, "--exec-id", exec_id,
+                           *args, **kw)
+
+    def __exit__(self, *exc):
+        if task_status(self.cd, self.cid) not in (None, "STOPPED"):
+            self.cd.ctr("task", "kill", "-s", "KILL", self.cid)
+            wait_status(self.cd, self.cid, "STOPPED")
+        self.cd.ctr("task", "delete", self.cid)
+        self.cd.ctr("container", "delete", self.cid)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_rm(cd, rt):
+    opts = cd.runtime_opts(runtime_path(rt), rt)
+    p = ok(cd.ctr("run", "--rm", *opts, cd.image, f"rm1-{rt}", "echo", "hi"))
+    assert p.stdout == "hi\n"
+    p = cd.ctr("run", "--rm", *opts, cd.image, f"rm2-{rt}", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
+    # (No stdin test: ctr does not pass the end of its stdin on to the task, whatever the runtime.)
+    # The image's config reached the process: its env, cwd /, and ctr's hostname default.
+    p = ok(cd.ctr("run", "--rm", *opts, cd.image, f"rm4-{rt}", "sh", "-c", 'echo "$PATH"; pwd; id -u'))
+    assert p.stdout.split() == ["/usr/sbin:/usr/bin:/sbin:/bin", "/", "0"]
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_exec_kill_delete(cd, rt):
+    cid = f"det-{rt}"
+    with Detached(cd, rt, cid) as c:
+        p = ok(c.exec("e1", cid, "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '"))
+        assert p.stdout.startswith("exec-ok\nsh -c trap")
+        assert c.exec("e2", cid, "sh", "-c", "exit 5").returncode == 5
+        p = ok(c.exec("e3", "--cwd", "/tmp", "--user", "65534", cid, "sh", "-c", "id -u; pwd"))
+        assert p.stdout.split() == ["65534", "/tmp"]
+        # A detached exec keeps running next to the init until the container is killed.
+        ok(c.exec("e5", "--detach", cid, "sleep", "100"))
+        assert "sleep 100" in ok(c.exec("e6", cid, "ps", "-o", "args")).stdout
+        ok(cd.ctr("task", "kill", cid))  # SIGTERM: the trap exits 7
+        wait_status(cd, cid, "STOPPED")
+        p = ok(cd.ctr("task", "delete", cid))
+        assert "exit code 7" in p.stderr, p
+        # kill --all on a second run: every process of the container gets the signal.
+        ok(cd.ctr("container", "delete", cid))
+    cid2 = f"det2-{rt}"
+    with Detached(cd, rt, cid2) as c:
+        ok(c.exec("e1", "--detach", cid2, "sleep", "100"))
+        ok(cd.ctr("task", "kill", "--all", "-s", "KILL", cid2))
+        wait_status(cd, cid2, "STOPPED")
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_task_ps(cd, rt):
+    """Needs the runtime's ps (`ps --format json`)."""
+    cid = f"ps-{rt}"
+    with Detached(cd, rt, cid) as c:
+        ok(c.exec("e1", "--detach", cid, "sleep", "100"))
+        p = ok(cd.ctr("task", "ps", cid))
+        pids = [int(l.split()[0]) for l in p.stdout.splitlines()[1:] if l.split()]
+        assert len(pids) >= 2, p.stdout
+        cmds = []
+        for pid in pids:
+            try:  # the loop's `sleep 0.1` may be gone already
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmds.append(f.read().replace(b"\0", b" ").decode())
+            except FileNotFoundError:
+                pass
+        assert any(cmd.startswith("sleep 100") for cmd in cmds), cmds
+        assert any(cmd.startswith("sh -c trap") for cmd in cmds), cmds
+
+
+def freezer_state(cd, cid):
+    if not os.path.isdir("/sys/fs/cgroup/freezer"):
+        return None
+    with open(f"/sys/fs/cgroup/freezer/{cd.ns}/{cid}/freezer.state") as f:
+        return f.read().strip()
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_pause_resume(cd, rt):
+    """Needs the runtime's pause and resume."""
+    cid = f"pause-{rt}"
+    with Detached(cd, rt, cid) as c:
+        ok(cd.ctr("task", "pause", cid))
+        assert task_status(cd, cid) == "PAUSED"
+        assert freezer_state(cd, cid) in ("FROZEN", None)
+        ok(cd.ctr("task", "resume", cid))
+        assert task_status(cd, cid) == "RUNNING"
+        assert freezer_state(cd, cid) in ("THAWED", None)
+        assert ok(c.exec("e1", cid, "echo", "alive")).stdout == "alive\n"
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_tty(cd, rt):
+    argv = ["ctr", "--address", str(cd.sock), "--namespace", cd.ns, "run", "--rm", "-t",
+            *cd.runtime_opts(runtime_path(rt), rt), cd.image, f"tty-{rt}", "sh"]
+    out, status = drive_pty(argv, dict(os.environ), [
+        (None, b"# "),
+        (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r"),
+        (None, b"# "),
+        (b"exit 3\r", None),
+    ])
+    # ctr leaves its own terminal in cooked mode: both ptys add a CR before each NL.
+    text = out.decode(errors="replace").replace("\r", "")
+    assert "/dev/pts/0\n" in text, text
+    assert "stdin-is-a-tty\n" in text, text
+    assert status == 3, text

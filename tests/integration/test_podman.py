@@ -1,0 +1,234 @@
+"""Podman drives cella (`podman --runtime build/.../cella`), with runc as the control on the same
+private configuration: run --rm, run -d + exec + stop + rm, run -it on a pty, ps through the
+container states, pause/unpause. Every test ends with a leak check (conmon processes, mounts,
+container cgroups and their processes, runtime state); the module removes all podman made.
+The configuration and what it works around on this host are explained in clients.py."""
+import json
+import os
+import pty
+import select
+import shutil
+import time
+
+import pytest
+
+from conftest import BUILD, need_root
+from clients import Podman, busybox_rootfs
+
+CELLA = BUILD / "cella"
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+RUNTIMES = ["cella", "runc"]
+TRAP_LOOP = ["sh", "-c", 'trap "exit 7" TERM; while :; do sleep 0.1; done']
+
+
+def runtime_path(name):
+    if name == "runc":
+        if not os.access(RUNC, os.X_OK):
+            pytest.skip("runc (the control) is not installed")
+        return RUNC
+    return CELLA
+
+
+@pytest.fixture(scope="module")
+def podman_env(tmp_path_factory):
+    need_root()
+    if shutil.which("podman") is None or shutil.which("conmon") is None:
+        pytest.skip("needs podman and conmon (apt-get install podman)")
+    if not CELLA.exists():
+        pytest.skip(f"{CELLA} not built")
+    try:
+        rootfs = busybox_rootfs()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    pm = Podman(tmp_path_factory.mktemp("podman"))
+    try:
+        pm.import_rootfs(rootfs)
+    except RuntimeError as e:
+        pm.teardown()
+        pytest.fail(str(e))
+    yield pm
+    problems = pm.teardown()
+    assert not problems, f"podman teardown had to clean up: {problems}"
+
+
+@pytest.fixture
+def pm(podman_env):
+    yield podman_env
+    problems = podman_env.leaks()
+    if problems:
+        podman_env("rm", "-af", "-t", "0")
+        pytest.fail("leaks after test: " + "; ".join(problems))
+
+
+def ok(p):
+    assert p.returncode == 0, f"{p.args}: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
+    return p
+
+
+def ps_json(pm, *args):
+    return json.loads(ok(pm("ps", "--format", "json", *args)).stdout or "[]")
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_rm(pm, rt):
+    r = runtime_path(rt)
+    p = ok(pm("run", "--rm", "--pull=never", pm.IMAGE, "echo", "hi", runtime=r))
+    assert p.stdout == "hi\n"
+    p = pm("run", "--rm", "--pull=never", pm.IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3", runtime=r)
+    assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
+    p = ok(pm("run", "--rm", "-i", "--pull=never", pm.IMAGE, "cat", runtime=r, stdin=None, input="piped\n"))
+    assert p.stdout == "piped\n"
+    # What podman asked for arrived: hostname = short id, the rlimits of containers.conf.
+    p = ok(pm("run", "--rm", "--pull=never", "--hostname", "pmhost", pm.IMAGE,
+              "sh", "-c", "hostname; ulimit -n; ulimit -u; cat /proc/1/cmdline", runtime=r))
+    assert p.stdout.splitlines()[:3] == ["pmhost", "1024", "4096"]
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_detached_exec_stop_rm(pm, rt):
+    r = runtime_path(rt)
+    name = f"pmdet-{rt}"
+    cid = ok(pm("run", "-d", "--pull=never", "--name", name, pm.IMAGE, *TRAP_LOOP, runtime=r)).stdout.strip()
+    try:
+        assert len(cid) == 64
+        [c] = [c for c in ps_json(pm) if c["Id"] == cid]
+        assert c["State"] == "running" and c["Names"] == [name]
+        p = ok(pm("exec", name, "sh", "-c", "echo exec-ok; cat /proc/1/cmdline | tr '\\0' ' '", runtime=r))
+        assert p.stdout.startswith("exec-ok\nsh -c trap")
+        p = pm("exec", name, "sh", "-c", "exit 5", runtime=r)
+        assert p.returncode == 5, p
+        p = ok(pm("exec", "-e", "FOO=bar", "-w", "/tmp", "-u", "65534", name,
+                  "sh", "-c", "id -u; pwd; echo $FOO", runtime=r))
+        assert p.stdout.split() == ["65534", "/tmp", "bar"]
+        p = ok(pm("exec", "-i", name, "cat", runtime=r, stdin=None, input="exec stdin\n"))
+        assert p.stdout == "exec stdin\n"
+        # SIGTERM reaches the trap: the container exits 7 well before the 10 s timeout.
+        t0 = time.monotonic()
+        ok(pm("stop", "-t", "10", name, runtime=r))
+        assert time.monotonic() - t0 < 8
+        p = ok(pm("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name))
+        assert p.stdout.split() == ["exited", "7"]
+        assert not any(c["Id"] == cid for c in ps_json(pm))
+    finally:
+        ok(pm("rm", "-f", "-t", "0", name, runtime=r))
+    assert not any(c["Id"] == cid for c in ps_json(pm, "-a"))
+
+
+def drive_pty(argv, env, steps, timeout=20):
+    """Runs argv on a new pty; for each (text to send, bytes to wait for) writes the text, then
+    reads until the bytes appear after the previous match. Returns (all output, exit status)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    out = b""
+    pos = 0
+
+    def read_until(want, deadline):
+        nonlocal out, pos
+        while time.monotonic() < deadline:
+            if want is not None and want in out[pos:]:
+                pos = out.index(want, pos) + len(want)
+                return True
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    d = os.read(fd, 4096)
+                except OSError:  # EIO: the other side is closed
+                    return False
+                if not d:
+                    return False
+                out += d
+        return False
+
+    deadline = time.monotonic() + timeout
+    st = None
+    try:
+        for send, want in steps:
+            if send:
+                os.write(fd, send)
+            if not read_until(want, deadline) and want is not None:
+                break
+        read_until(None, min(deadline, time.monotonic() + 5))
+    finally:
+        end = time.monotonic() + 10
+        while st is None and time.monotonic() < end:
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                st = status
+            else:
+                time.sleep(0.05)
+        if st is None:
+            os.kill(pid, 9)
+            _, st = os.waitpid(pid, 0)
+        os.close(fd)
+    return out, os.waitstatus_to_exitcode(st)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_it_terminal(pm, rt):
+    r = runtime_path(rt)
+    argv = ["podman", "--runtime", str(r), "run", "-it", "--rm", "--pull=never", pm.IMAGE, "sh"]
+    out, status = drive_pty(argv, pm.env, [
+        (None, b"# "),
+        (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r\n"),
+        (None, b"# "),
+        (b"exit 3\r", None),
+    ])
+    text = out.decode(errors="replace")
+    assert "/dev/pts/0\r\n" in text, text
+    assert "stdin-is-a-tty\r\n" in text, text
+    assert status == 3, text
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_ps_states(pm, rt):
+    """podman create/start/kill through the runtime, as `podman ps` sees them."""
+    r = runtime_path(rt)
+    name = f"pmps-{rt}"
+    try:
+        ok(pm("create", "--pull=never", "--name", name, pm.IMAGE, "sleep", "100", runtime=r))
+        [c] = [c for c in ps_json(pm, "-a") if c["Names"] == [name]]
+        assert c["State"] == "created"
+        assert not [c for c in ps_json(pm) if c["Names"] == [name]]
+        ok(pm("start", name, runtime=r))
+        [c] = [c for c in ps_json(pm) if c["Names"] == [name]]
+        assert c["State"] == "running" and c["Command"] == ["sleep", "100"]
+        p = ok(pm("ps", "--format", "{{.Names}} {{.Status}}", runtime=r))
+        assert any(l.startswith(f"{name} Up") for l in p.stdout.splitlines()), p.stdout
+        ok(pm("kill", name, runtime=r))  # SIGKILL: sleep as pid 1 ignores SIGTERM
+        ok(pm("wait", name, timeout=20))
+        [c] = [c for c in ps_json(pm, "-a") if c["Names"] == [name]]
+        assert c["State"] == "exited" and c["ExitCode"] == 137
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+def freezer_state(cid):
+    """The v1 freezer state of the container's cgroup (podman's cgroupfs path), or None on a
+    host without a v1 freezer hierarchy."""
+    if not os.path.isdir("/sys/fs/cgroup/freezer"):
+        return None
+    with open(f"/sys/fs/cgroup/freezer/libpod_parent/libpod-{cid}/freezer.state") as f:
+        return f.read().strip()
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_pause_unpause(pm, rt):
+    """Needs the runtime's pause/resume."""
+    r = runtime_path(rt)
+    name = f"pmpause-{rt}"
+    cid = ok(pm("run", "-d", "--pull=never", "--name", name, pm.IMAGE, *TRAP_LOOP, runtime=r)).stdout.strip()
+    try:
+        ok(pm("pause", name, runtime=r))
+        assert ok(pm("inspect", "--format", "{{.State.Status}}", name)).stdout.strip() == "paused"
+        assert freezer_state(cid) in ("FROZEN", None)
+        ok(pm("unpause", name, runtime=r))
+        assert ok(pm("inspect", "--format", "{{.State.Status}}", name)).stdout.strip() == "running"
+        assert freezer_state(cid) in ("THAWED", None)
+        assert ok(pm("exec", name, "echo", "alive", runtime=r)).stdout == "alive\n"
+        ok(pm("stop", "-t", "10", name, runtime=r))
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
