@@ -296,7 +296,10 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 	struct cella_seccomp *filter = NULL;
 	if (c->cfg->linux_.seccomp && cella_seccomp_build(c->cfg->linux_.seccomp, &filter, &err) < 0)
 		child_fail(sfd, &err);
-	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+	/* SCMP_ACT_NOTIFY: the listener fd goes to the runtime (for listenerPath) before execve. */
+	bool late = filter && p->no_new_privileges && !cella_seccomp_wants_notify(filter);
+	int notify_fd = -1;
+	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, &notify_fd, &err) < 0)
 		child_fail(sfd, &err);
 	if (process_user_caps(p, &err) < 0)
 		child_fail(sfd, &err);
@@ -304,13 +307,21 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 		cella_err_sys(&err, errno, "noNewPrivileges");
 		child_fail(sfd, &err);
 	}
+	if (filter && p->no_new_privileges && !late && cella_seccomp_load(filter, &notify_fd, &err) < 0)
+		child_fail(sfd, &err);
+	if (notify_fd >= 0) {
+		sync_send(sfd, SYNC_SECCOMP, 0, 0, NULL);
+		if (terminal_send_fd(sfd, notify_fd, "seccomp", &err) < 0)
+			child_fail(sfd, &err);
+		close(notify_fd);
+	}
 	syscall(SYS_close_range, 3 + preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
 	for (int s = 1; s < NSIG; s++)
 		signal(s, SIG_DFL);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	if (filter && p->no_new_privileges && cella_seccomp_load(filter, NULL, &err) < 0)
+	if (late && cella_seccomp_load(filter, NULL, &err) < 0)
 		child_fail(sfd, &err);
 	execve(exe, p->args, env);
 	cella_err_sys(&err, errno, "unable to start container process: exec %s", exe);
@@ -544,9 +555,12 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	bool failed = false;
 	int code = 0;
 	char msg[sizeof(m.msg)] = "";
+	int notify_fd = -1;
 	while ((r = sync_recv(c->sync_fd, &m)) == 0) {
 		if (m.type == SYNC_PID && m.pid > 0) {
 			c->proc_pid = m.pid;
+		} else if (m.type == SYNC_SECCOMP && notify_fd < 0) {
+			notify_fd = terminal_recv_fd(c->sync_fd, err);
 		} else if (m.type == SYNC_ERROR && !failed) {
 			failed = true;
 			code = m.code ? m.code : EIO;
@@ -556,6 +570,20 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	while (waitpid(c->c1, NULL, 0) < 0 && errno == EINTR)
 		;
 	c->c1 = 0;
+	if (notify_fd >= 0 && !failed && c->proc_pid > 0) {
+		/* The process may already wait in a notified syscall: the listener gets it now. */
+		json_t *state = state_to_oci(c->st, state_status(c->st));
+		struct cella_err e = { 0 };
+		if (!state || cella_seccomp_notify_send(c->cfg->linux_.seccomp, notify_fd, c->proc_pid, state, &e) < 0) {
+			failed = true;
+			code = e.code ? e.code : ENOMEM;
+			snprintf(msg, sizeof(msg), "%s", e.msg);
+			kill(c->proc_pid, SIGKILL);
+		}
+		json_decref(state);
+	}
+	if (notify_fd >= 0)
+		close(notify_fd);
 	if (failed || c->proc_pid <= 0) {
 		if (c->proc_pid > 0 && !o->detach)
 			while (waitpid(c->proc_pid, NULL, 0) < 0 && errno == EINTR)

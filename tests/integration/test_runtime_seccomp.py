@@ -124,42 +124,44 @@ def test_features_reports_seccomp(rt):
     assert "SCMP_ARCH_X86_64" in f["archs"] and "SECCOMP_FILTER_FLAG_LOG" in f["knownFlags"]
 
 
-def _notify_agent(path, got, n_answers):
-    """A seccomp agent on a unix socket: takes the state + notify fd, answers ENOSPC."""
+def _notify_agent(path, got, answers):
+    """A seccomp agent on a unix socket: for connection i takes the state + notify fd and answers
+    answers[i] notifications with ENOSPC."""
     import array
     import fcntl
     import socket
     import struct
+    import threading
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(path))
-    srv.listen(1)
+    srv.listen(4)
     srv.settimeout(30)
 
     def serve():
         try:
-            conn, _ = srv.accept()
-            fds = array.array("i")
-            msg, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
-            for level, typ, data in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-            got["state"] = json.loads(msg.decode())
-            conn.close()
-            fd = fds[0]
-            for _ in range(n_answers):
-                req = bytearray(80)  # struct seccomp_notif
-                fcntl.ioctl(fd, 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
-                nid, pid, _flags, nr = struct.unpack_from("=QIIi", req)
-                got.setdefault("nr", []).append(nr)
-                resp = struct.pack("=QqiI", nid, 0, -28, 0)  # error = -ENOSPC
-                fcntl.ioctl(fd, 0xC0182101, bytearray(resp))  # SECCOMP_IOCTL_NOTIF_SEND
-            os.close(fd)
+            for n_answers in answers:
+                conn, _ = srv.accept()
+                fds = array.array("i")
+                msg, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+                for level, typ, data in anc:
+                    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                got.setdefault("states", []).append(json.loads(msg.decode()))
+                conn.close()
+                fd = fds[0]
+                for _ in range(n_answers):
+                    req = bytearray(80)  # struct seccomp_notif
+                    fcntl.ioctl(fd, 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
+                    nid, pid, _flags, nr = struct.unpack_from("=QIIi", req)
+                    got.setdefault("nr", []).append(nr)
+                    resp = struct.pack("=QqiI", nid, 0, -28, 0)  # error = -ENOSPC
+                    fcntl.ioctl(fd, 0xC0182101, bytearray(resp))  # SECCOMP_IOCTL_NOTIF_SEND
+                os.close(fd)
         except Exception as e:  # reported by the test
             got["error"] = repr(e)
         finally:
             srv.close()
 
-    import threading
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return t
@@ -168,7 +170,7 @@ def _notify_agent(path, got, n_answers):
 def test_notify_listener_gets_fd_and_answers(rt):
     sock = rt.tmp / "agent.sock"
     got = {}
-    t = _notify_agent(sock, got, 1)
+    t = _notify_agent(sock, got, [1])
     sc = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(sock), "listenerMetadata": "meta-cella",
           "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}
     cid = rt.new_id()
@@ -176,7 +178,7 @@ def test_notify_listener_gets_fd_and_answers(rt):
     t.join(10)
     assert "error" not in got, got
     assert r.returncode == 0 and "No space left on device" in r.stderr and "rc=1" in r.stdout, r
-    st = got["state"]
+    st = got["states"][0]
     assert st["fds"] == ["seccompFd"] and st["metadata"] == "meta-cella", st
     assert st["state"]["id"] == cid and st["pid"] == st["state"]["pid"] > 0, st
 
@@ -188,3 +190,21 @@ def test_notify_listener_missing_fails_create_cleanly(rt):
     r = rt.cmd("create", "--bundle", rt.bundle(["true"], edit=with_seccomp(sc)), cid)
     assert r.returncode != 0 and "listenerPath" in r.stderr, r
     assert not (rt.root / cid).exists()
+
+
+def test_notify_with_exec(rt):
+    sock = rt.tmp / "agent.sock"
+    got = {}
+    t = _notify_agent(sock, got, [0, 1])
+    sc = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(sock),
+          "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}
+    cid = rt.new_id()
+    rt.ok("run", "-d", "--bundle", rt.bundle(["sleep", "30"], edit=with_seccomp(sc)), cid)
+    try:
+        r = rt.cmd("exec", cid, "sh", "-c", "mkdir /dev/shm/d; echo rc=$?")
+        t.join(10)
+        assert "error" not in got, got
+        assert "No space left on device" in r.stderr and "rc=1" in r.stdout, r
+        assert len(got["states"]) == 2 and got["states"][1]["state"]["id"] == cid, got
+    finally:
+        rt.ok("delete", "-f", cid)
