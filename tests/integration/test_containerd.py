@@ -200,3 +200,35 @@ def test_run_tty(cd, rt):
     assert "/dev/pts/0\n" in text, text
     assert "stdin-is-a-tty\n" in text, text
     assert status == 3, text
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_exec_tty(cd, rt):
+    cid = f"exectty-{rt}"
+    with Detached(cd, rt, cid):
+        argv = ["ctr", "--address", str(cd.sock), "--namespace", cd.ns, "task", "exec", "-t",
+                "--fifo-dir", str(cd.fifo_dir), "--exec-id", "tty1", cid, "sh"]
+        out, status = drive_pty(argv, dict(os.environ), [
+            (None, b"# "),
+            (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r"),
+            (None, b"# "),
+            (b"exit 4\r", None),
+        ])
+        text = out.decode(errors="replace").replace("\r", "")
+        assert "/dev/pts/0\n" in text and "stdin-is-a-tty\n" in text, text
+        assert status == 4, text
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_init_fds_and_cgroup(cd, rt):
+    """The container process holds only stdio (no fd of the shim or the runtime) and sits in
+    the cgroup containerd named (/NAMESPACE/ID)."""
+    cid = f"fds-{rt}"
+    with Detached(cd, rt, cid):
+        line = [l.split() for l in cd.ctr("task", "ls").stdout.splitlines() if l.startswith(cid + " ")]
+        pid = int(line[0][1])
+        assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = {l.split(":", 2)[1]: l.rstrip("\n").split(":", 2)[2] for l in f}
+        if "memory" in paths:
+            assert paths["memory"] == f"/{cd.ns}/{cid}", paths

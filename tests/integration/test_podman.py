@@ -232,3 +232,58 @@ def test_pause_unpause(pm, rt):
         ok(pm("stop", "-t", "10", name, runtime=r))
     finally:
         pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_exec_tty(pm, rt):
+    r = runtime_path(rt)
+    name = f"pmexectty-{rt}"
+    ok(pm("run", "-d", "--pull=never", "--name", name, pm.IMAGE, *TRAP_LOOP, runtime=r))
+    try:
+        argv = ["podman", "--runtime", str(r), "exec", "-it", name, "sh"]
+        out, status = drive_pty(argv, pm.env, [
+            (None, b"# "),
+            (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r\n"),
+            (None, b"# "),
+            (b"exit 4\r", None),
+        ])
+        text = out.decode(errors="replace")
+        assert "/dev/pts/0\r\n" in text and "stdin-is-a-tty\r\n" in text, text
+        assert status == 4, text
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(l.rstrip("\n").split(":\t", 1) for l in f if ":\t" in l)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_security_and_resources(pm, rt):
+    """What podman asks for is what the container gets: podman's default seccomp profile, no new
+    privileges, dropped capabilities, read-only root, user, memory and pids limits in the
+    container's cgroups, and no file descriptor beyond stdio in the container process."""
+    r = runtime_path(rt)
+    name = f"pmsec-{rt}"
+    cid = ok(pm("run", "-d", "--pull=never", "--name", name, "--read-only",
+                "--security-opt", "no-new-privileges", "--cap-drop", "ALL", "--cap-add", "KILL",
+                "--memory", "64m", "--pids-limit", "100", pm.IMAGE, *TRAP_LOOP, runtime=r)).stdout.strip()
+    try:
+        pid = int(ok(pm("inspect", "--format", "{{.State.Pid}}", name)).stdout)
+        st = proc_status(pid)
+        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1", st
+        assert int(st["CapEff"], 16) == int(st["CapBnd"], 16) == 1 << 5, st  # CAP_KILL only
+        assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
+        if os.path.isdir("/sys/fs/cgroup/memory"):
+            cg = f"/sys/fs/cgroup/memory/libpod_parent/libpod-{cid}"
+            assert open(f"{cg}/memory.limit_in_bytes").read().strip() == str(64 << 20)
+            assert str(pid) in open(f"{cg}/cgroup.procs").read().split()
+        if os.path.isdir("/sys/fs/cgroup/pids"):
+            assert open(f"/sys/fs/cgroup/pids/libpod_parent/libpod-{cid}/pids.max").read().strip() == "100"
+        p = ok(pm("exec", "-u", "65534", name, "sh", "-c",
+                  "id -u; touch /x 2>/dev/null || echo ro-root; touch /tmp/x && echo tmp-rw; "
+                  "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\\t ' ' '", runtime=r))
+        assert p.stdout.splitlines() == ["65534", "ro-root", "tmp-rw", "NoNewPrivs: 1", "Seccomp: 2"]
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
