@@ -16,6 +16,7 @@
 #include <sched.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 
 #ifndef CLONE_NEWTIME
 #define CLONE_NEWTIME 0x00000080
@@ -732,10 +733,16 @@ static int parse_device(const json_t *j, const char *path, void *elem, struct ce
 		return range_err(path, "major", d->major, 0, 0xfff, err);
 	if (d->minor < 0 || d->minor > 0xfffff)
 		return range_err(path, "minor", d->minor, 0, 0xfffff, err);
+	/* Podman (like runc's own spec code) writes the file type bits too: 020666 for a char device. */
 	TRY(get_opt_u32(j, path, "fileMode", &d->file_mode, err));
-	if (d->file_mode.set && d->file_mode.v > 07777)
-		return cella_err_set(err, EINVAL, "%s.fileMode: %#" PRIo64 " is not a file mode (max 07777)", path,
-				     d->file_mode.v);
+	uint64_t ifmt = d->type == 'b' ? S_IFBLK : d->type == 'p' ? S_IFIFO : S_IFCHR;
+	uint64_t type_bits = d->file_mode.v & ~(uint64_t)07777;
+	if (d->file_mode.set && type_bits != 0 && type_bits != ifmt)
+		return cella_err_set(err, EINVAL,
+				     "%s.fileMode: %#" PRIo64 " is not a file mode (max 07777, or with the type bits %#" PRIo64
+				     ")",
+				     path, d->file_mode.v, ifmt);
+	d->file_mode.v &= 07777;
 	TRY(get_opt_u32(j, path, "uid", &d->uid, err));
 	TRY(get_opt_u32(j, path, "gid", &d->gid, err));
 	return 0;
