@@ -287,3 +287,60 @@ def test_security_and_resources(pm, rt):
         assert p.stdout.splitlines() == ["65534", "ro-root", "tmp-rw", "NoNewPrivs: 1", "Seccomp: 2"]
     finally:
         pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_options(pm, rt, tmp_path):
+    """A bind volume (ro), a tmpfs, workdir, ulimits, shm size, a sysctl, host pid and network
+    namespaces with a private cgroup namespace: the container sees what runc's would."""
+    r = runtime_path(rt)
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("volume data\n")
+    script = ("cat f; pwd; ulimit -n; ulimit -u; df -k /mnt /dev/shm | tail -2 | awk '{print $2}'; "
+              "cat /proc/sys/kernel/msgmax; "
+              "for n in pid net cgroup; do readlink /proc/self/ns/$n; done; "
+              "touch /data/x 2>/dev/null || echo ro-volume; grep -c ':/$' /proc/self/cgroup")
+    p = ok(pm("run", "--rm", "--pull=never", "--network", "host", "--pid", "host", "--cgroupns", "private",
+              "-v", f"{vol}:/data:ro", "--tmpfs", "/mnt:size=1m", "--workdir", "/data",
+              "--ulimit", "nofile=500:500", "--ulimit", "nproc=300:300", "--shm-size", "8m",
+              "--sysctl", "kernel.msgmax=4096", pm.IMAGE, "sh", "-c", script, runtime=r))
+    host_ns = [os.readlink(f"/proc/self/ns/{n}") for n in ("pid", "net", "cgroup")]
+    with open("/proc/self/cgroup") as f:
+        n_hier = len(f.readlines())
+    lines = p.stdout.splitlines()
+    assert lines[:7] == ["volume data", "/data", "500", "300", "1024", "8192", "4096"], p.stdout
+    assert lines[7:9] == host_ns[:2] and lines[9] != host_ns[2], (lines, host_ns)
+    assert lines[10:] == ["ro-volume", str(n_hier)], p.stdout
+    assert (vol / "f").read_text() == "volume data\n" and not (vol / "x").exists()
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_userns(pm, rt):
+    """--uidmap/--gidmap: the container's root is host uid 100000; the rootfs looks root-owned."""
+    r = runtime_path(rt)
+    name = f"pmuserns-{rt}"
+    ok(pm("run", "-d", "--pull=never", "--name", name, "--uidmap", "0:100000:65536",
+          "--gidmap", "0:100000:65536", pm.IMAGE, *TRAP_LOOP, runtime=r))
+    try:
+        pid = int(ok(pm("inspect", "--format", "{{.State.Pid}}", name)).stdout)
+        st = proc_status(pid)
+        assert st["Uid"].split()[0] == "100000" and st["Gid"].split()[0] == "100000", st
+        p = ok(pm("exec", name, "sh", "-c", "cat /proc/self/uid_map; id -u; stat -c '%u %g' /bin/busybox",
+                  runtime=r))
+        assert p.stdout.split() == ["0", "100000", "65536", "0", "0", "0"], p.stdout
+        ok(pm("stop", "-t", "10", name, runtime=r))
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_privileged(pm, rt):
+    """--privileged: every capability podman holds and the host's devices. Podman writes each
+    device's fileMode with its file type bits (e.g. 020666 for a char device), as runc accepts."""
+    r = runtime_path(rt)
+    p = ok(pm("run", "--rm", "--pull=never", "--privileged", pm.IMAGE, "sh", "-c",
+              "grep CapEff /proc/self/status | cut -f2; stat -c '%F %t:%T' /dev/null /dev/zero", runtime=r))
+    lines = p.stdout.splitlines()
+    assert int(lines[0], 16) == int(proc_status(os.getpid())["CapBnd"], 16), p.stdout
+    assert lines[1:] == ["character special file 1:3", "character special file 1:5"], p.stdout
