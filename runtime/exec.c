@@ -556,32 +556,38 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	int code = 0;
 	char msg[sizeof(m.msg)] = "";
 	int notify_fd = -1;
+	bool notify_done = false;
 	while ((r = sync_recv(c->sync_fd, &m)) == 0) {
 		if (m.type == SYNC_PID && m.pid > 0) {
 			c->proc_pid = m.pid;
-		} else if (m.type == SYNC_SECCOMP && notify_fd < 0) {
+		} else if (m.type == SYNC_SECCOMP && notify_fd < 0 && !notify_done) {
 			notify_fd = terminal_recv_fd(c->sync_fd, err);
 		} else if (m.type == SYNC_ERROR && !failed) {
 			failed = true;
 			code = m.code ? m.code : EIO;
 			snprintf(msg, sizeof(msg), "%s", m.msg);
 		}
+		/* The listener gets the fd at once: the process may block in a notified syscall (even
+		 * execve) before the EOF this loop waits for. */
+		if (notify_fd >= 0 && c->proc_pid > 0) {
+			json_t *state = failed ? NULL : state_to_oci(c->st, state_status(c->st));
+			struct cella_err e = { 0 };
+			if (!failed &&
+			    (!state || cella_seccomp_notify_send(c->cfg->linux_.seccomp, notify_fd, c->proc_pid, state, &e) < 0)) {
+				failed = true;
+				code = e.code ? e.code : ENOMEM;
+				snprintf(msg, sizeof(msg), "%s", e.msg);
+				kill(c->proc_pid, SIGKILL);
+			}
+			json_decref(state);
+			close(notify_fd);
+			notify_fd = -1;
+			notify_done = true;
+		}
 	}
 	while (waitpid(c->c1, NULL, 0) < 0 && errno == EINTR)
 		;
 	c->c1 = 0;
-	if (notify_fd >= 0 && !failed && c->proc_pid > 0) {
-		/* The process may already wait in a notified syscall: the listener gets it now. */
-		json_t *state = state_to_oci(c->st, state_status(c->st));
-		struct cella_err e = { 0 };
-		if (!state || cella_seccomp_notify_send(c->cfg->linux_.seccomp, notify_fd, c->proc_pid, state, &e) < 0) {
-			failed = true;
-			code = e.code ? e.code : ENOMEM;
-			snprintf(msg, sizeof(msg), "%s", e.msg);
-			kill(c->proc_pid, SIGKILL);
-		}
-		json_decref(state);
-	}
 	if (notify_fd >= 0)
 		close(notify_fd);
 	if (failed || c->proc_pid <= 0) {

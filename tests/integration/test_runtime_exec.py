@@ -290,3 +290,59 @@ def test_exec_tty_interactive_through_a_pty(rt):
     os.close(master)
     assert b"42x" in out and b"/dev/pts/" in out, out
     rt.ok("delete", "-f", cid)
+
+
+def _continue_agent(path, per_conn, got):
+    """Seccomp agent: for each connection, lets per_conn notified syscalls continue."""
+    import array
+    import fcntl
+    import struct
+    import threading
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    srv.settimeout(30)
+
+    def serve():
+        try:
+            for n in per_conn:
+                conn, _ = srv.accept()
+                fds = array.array("i")
+                _, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+                for level, typ, data in anc:
+                    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                conn.close()
+                for _ in range(n):
+                    req = bytearray(80)
+                    fcntl.ioctl(fds[0], 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
+                    nid = struct.unpack_from("=Q", req)[0]
+                    # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+                    fcntl.ioctl(fds[0], 0xC0182101, bytearray(struct.pack("=QqiI", nid, 0, 0, 1)))
+                    got["continued"] = got.get("continued", 0) + 1
+                os.close(fds[0])
+        except Exception as e:
+            got["error"] = repr(e)
+        finally:
+            srv.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_exec_notify_on_execve_does_not_deadlock(rt):
+    """The listener fd must reach the agent before the process's own execve (which it notifies)."""
+    sock = rt.tmp / "agent.sock"
+    got = {}
+    t = _continue_agent(sock, [1, 1], got)
+    sc = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(sock),
+          "syscalls": [{"names": ["execve"], "action": "SCMP_ACT_NOTIFY"}]}
+    cid = start(rt, edit=lambda c: c["linux"].update(seccomp=sc))
+    try:
+        r = rt.cmd("exec", cid, "true", timeout=20)
+        t.join(10)
+        assert "error" not in got, got
+        assert r.returncode == 0 and got.get("continued") == 2, (r, got)
+    finally:
+        rt.ok("delete", "-f", cid)
