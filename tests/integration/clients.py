@@ -281,6 +281,12 @@ class Containerd:
     def __init__(self, top: Path):
         self.top = Path(top)
         self.top.mkdir(parents=True, exist_ok=True)
+        # A container root in a user namespace (--uidmap) must reach the rootfs in our state dir:
+        # pytest's directories are 0700.
+        for d in [self.top, *self.top.parents]:
+            if str(d) in ("/", "/tmp"):
+                break
+            os.chmod(d, os.stat(d).st_mode | 0o011)
         self.sock = self.top / "containerd.sock"
         self.ns = f"cellatest{os.getpid()}"
         self.config = self.top / "config.toml"
@@ -313,8 +319,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [plugins."io.containerd.internal.v1.opt"]
   path = "{t}/opt"
 """)
-        self.run_containerd_existed = {d: os.path.exists(d) for d in
-                                       ("/run/containerd", "/run/containerd/fifo", "/run/containerd/s")}
+        self.run_dirs = ["/run/containerd/fifo", "/run/containerd/s", f"/run/containerd/runc/{self.ns}",
+                         "/run/containerd/runc", "/run/containerd"]
+        self.run_dirs_existed = {d: os.path.exists(d) for d in self.run_dirs}
 
     def start(self, timeout=20):
         self.log = open(self.top / "containerd.log", "w")
@@ -444,8 +451,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             problems.append(f"mounts left: {left}")
             unmount_under(self.top)
         rmdir_cgroup_tree(self.ns)
-        for d in ("/run/containerd/fifo", "/run/containerd/s", "/run/containerd"):
-            if not self.run_containerd_existed[d]:
+        for d in self.run_dirs:  # deepest first
+            if not self.run_dirs_existed[d]:
                 try:
                     os.rmdir(d)
                 except OSError:

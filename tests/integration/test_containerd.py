@@ -232,3 +232,46 @@ def test_init_fds_and_cgroup(cd, rt):
             paths = {l.split(":", 2)[1]: l.rstrip("\n").split(":", 2)[2] for l in f}
         if "memory" in paths:
             assert paths["memory"] == f"/{cd.ns}/{cid}", paths
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_run_options(cd, rt, tmp_path):
+    """ctr's spec options reach the process as with runc: env, cwd, a read-only root, a read-only
+    bind mount, host network, the default seccomp profile; a user namespace (--uidmap)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("volume data\n")
+    opts = cd.runtime_opts(runtime_path(rt), rt)
+    p = ok(cd.ctr("run", "--rm", *opts, "--env", "FOO=bar", "--cwd", "/tmp", "--read-only", "--net-host",
+                  "--mount", f"type=bind,src={vol},dst=/data,options=rbind:ro", "--seccomp",
+                  cd.image, f"opt1-{rt}", "sh", "-c",
+                  "echo $FOO; pwd; cat /data/f; touch /x 2>/dev/null || echo ro-root; "
+                  "touch /data/x 2>/dev/null || echo ro-volume; readlink /proc/self/ns/net; "
+                  "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\\t ' ' '"))
+    assert p.stdout.splitlines() == ["bar", "/tmp", "volume data", "ro-root", "ro-volume",
+                                     os.readlink("/proc/self/ns/net"), "NoNewPrivs: 1", "Seccomp: 2"], p.stdout
+    p = ok(cd.ctr("run", "--rm", *opts, "--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536",
+                  cd.image, f"opt2-{rt}", "sh", "-c", "cat /proc/self/uid_map; id -u; stat -c %u /bin/busybox"))
+    assert p.stdout.split() == ["0", "100000", "65536", "0", "0"], p.stdout
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_resources_in_cgroups(cd, rt):
+    """--memory-limit and --cpus land in the container's cgroup files (v1 hierarchies here)."""
+    cid = f"res-{rt}"
+    ok(cd.ctr("run", "-d", *cd.runtime_opts(runtime_path(rt), rt), "--memory-limit", str(64 << 20),
+              "--cpus", "0.5", cd.image, cid, *TRAP_LOOP))
+    try:
+        wait_status(cd, cid, "RUNNING")
+        if os.path.isdir("/sys/fs/cgroup/memory"):
+            with open(f"/sys/fs/cgroup/memory/{cd.ns}/{cid}/memory.limit_in_bytes") as f:
+                assert f.read().strip() == str(64 << 20)
+        if os.path.isdir("/sys/fs/cgroup/cpu"):
+            d = f"/sys/fs/cgroup/cpu/{cd.ns}/{cid}"
+            quota, period = (int(open(f"{d}/cpu.cfs_{k}_us").read()) for k in ("quota", "period"))
+            assert quota * 2 == period, (quota, period)
+    finally:
+        cd.ctr("task", "kill", "-s", "KILL", cid)
+        wait_status(cd, cid, "STOPPED")
+        cd.ctr("task", "delete", cid)
+        cd.ctr("container", "delete", cid)

@@ -344,3 +344,30 @@ def test_privileged(pm, rt):
     lines = p.stdout.splitlines()
     assert int(lines[0], 16) == int(proc_status(os.getpid())["CapBnd"], 16), p.stdout
     assert lines[1:] == ["character special file 1:3", "character special file 1:5"], p.stdout
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_kill_logs_restart_cp_top(pm, rt, tmp_path):
+    r = runtime_path(rt)
+    name = f"pmkill-{rt}"
+    ok(pm("run", "-d", "--pull=never", "--name", name, pm.IMAGE, "sh", "-c",
+          'trap "echo got-hup" HUP; trap "exit 9" TERM; while :; do sleep 0.1; done', runtime=r))
+    try:
+        ok(pm("kill", "-s", "HUP", name, runtime=r))
+        end = time.monotonic() + 5
+        while "got-hup" not in pm("logs", name).stdout and time.monotonic() < end:
+            time.sleep(0.05)
+        assert pm("logs", name).stdout == "got-hup\n"
+        ok(pm("restart", "-t", "10", name, runtime=r))
+        assert ok(pm("inspect", "--format", "{{.State.Status}}", name)).stdout.strip() == "running"
+        src = tmp_path / "copied"
+        src.write_text("copied in\n")
+        ok(pm("cp", src, f"{name}:/tmp/copied", runtime=r))
+        assert ok(pm("exec", name, "cat", "/tmp/copied", runtime=r)).stdout == "copied in\n"
+        p = ok(pm("top", name, "pid", "args", runtime=r))
+        assert any(l.split()[:2] == ["1", "sh"] for l in p.stdout.splitlines()[1:]), p.stdout
+        ok(pm("kill", name, runtime=r))  # SIGKILL
+        ok(pm("wait", name, timeout=20))
+        assert ok(pm("inspect", "--format", "{{.State.ExitCode}}", name)).stdout.strip() == "137"
+    finally:
+        pm("rm", "-f", "-t", "0", name, runtime=r)
