@@ -11,8 +11,10 @@ interleaved (one of each client x runtime per round) so load drift hits all alik
 the client command's wall time (fork to exit) as seen from here. Afterwards it checks that
 nothing was left behind (containers, conmon/shim processes, mounts, cgroups, runtime state).
 
-crun is not measured: Debian's crun 1.8.1 refuses this hybrid-cgroup host, and the clients
-would have to run inside bench/runtime.py's pure-v1 mount namespace to use it.
+crun: Debian's crun 1.8.1 refuses this hybrid-cgroup host, so it runs through
+build/bench/crun_v1 (bench/crun_v1.c, built by bench/run): a static wrapper that execs crun in a
+private mount namespace whose /sys/fs/cgroup holds only the v1 hierarchies (bench/runtime.py's
+view); it adds one unshare and a dozen mounts per runtime call. Measured when both exist.
 
 Usage: bench/clients.py [-n RUNS] [-w WARMUP]   (run as root; prints a table on stdout)
 """
@@ -59,6 +61,11 @@ def main():
         log("skip clients bench: runc (the peer) is not installed")
         return 0
     runtimes = {"cella": str(CELLA), "runc": runc}
+    crun_v1 = TOP / "build" / "bench" / "crun_v1"
+    if crun_v1.exists() and os.access("/usr/bin/crun", os.X_OK):
+        runtimes["crun"] = str(crun_v1)
+    else:
+        log("note: crun not measured (needs /usr/bin/crun and build/bench/crun_v1 from bench/run)")
     try:
         rootfs = busybox_rootfs()
     except RuntimeError as e:
@@ -91,8 +98,8 @@ def main():
         if not clients:
             return 0
 
-        log(f"clients: {', '.join(clients)}; runtimes: cella = {CELLA} (release), runc = {runc}; "
-            f"{args.w} warm-up + {args.n} measured rounds, interleaved")
+        log(f"clients: {', '.join(clients)}; runtimes: " + ", ".join(f"{k} = {v}" for k, v in runtimes.items())
+            + f"; {args.w} warm-up + {args.n} measured rounds, interleaved")
         times = {(c, rt): [] for c in clients for rt in runtimes}
         failed = set()
         for rnd in range(args.w + args.n):
@@ -115,13 +122,14 @@ def main():
             if t:
                 log(f"  {c:<8} {rt:<8} {statistics.median(t):10.1f} {min(t):8.1f} {max(t):8.1f}")
         for c in clients:
-            ct, rt_ = times[(c, "cella")], times[(c, "runc")]
-            if ct and rt_ and len(ct) == len(rt_):
-                paired = statistics.median(a / b for a, b in zip(ct, rt_))
-                log(f"  {c}: cella/runc {statistics.median(ct) / statistics.median(rt_):.2f}x "
-                    f"(median of per-round ratios {paired:.2f}x)")
-            else:
-                log(f"  {c}: cella/runc n/a")
+            for peer in [p for p in runtimes if p != "cella"]:
+                ct, pt = times[(c, "cella")], times[(c, peer)]
+                if ct and pt and len(ct) == len(pt):
+                    paired = statistics.median(a / b for a, b in zip(ct, pt))
+                    log(f"  {c}: cella/{peer} {statistics.median(ct) / statistics.median(pt):.2f}x "
+                        f"(median of per-round ratios {paired:.2f}x)")
+                else:
+                    log(f"  {c}: cella/{peer} n/a")
         log("  (issue 4 measured here: ctr/podman with crun-wrapped 107/148 ms, runc 121/167 ms)")
     except RuntimeError as e:
         log(f"clients bench: setup failed: {e}")
@@ -132,7 +140,7 @@ def main():
             if isinstance(obj, Podman) and obj.mounts_baseline is not None:
                 leaks += [f"podman: {l}" for l in obj.leaks()]
             elif isinstance(obj, Containerd) and obj.proc is not None:
-                leaks += [f"containerd: {l}" for l in obj.leaks()]
+                leaks += [f"containerd: {l}" for l in obj.leaks(runtime_names=tuple(runtimes))]
             leaks += [f"teardown: {l}" for l in obj.teardown()]
         shutil.rmtree(work, ignore_errors=True)
         for l in leaks:

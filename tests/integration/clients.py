@@ -153,7 +153,7 @@ class Podman:
 
     IMAGE = "localhost/cella-busybox:test"
     # What the cleanup check in leaks() looks at; the state roots of the runtimes we drive.
-    RUNTIME_ROOTS = {"cella": Path("/run/cella"), "runc": Path("/run/runc")}
+    RUNTIME_ROOTS = {"cella": Path("/run/cella"), "runc": Path("/run/runc"), "crun": Path("/run/crun")}
 
     def __init__(self, top: Path):
         self.top = Path(top)
