@@ -101,6 +101,20 @@ static int staged_namespaces(struct init_args *a, struct cella_err *err)
 	return 0;
 }
 
+/* Loads the seccomp filter; a notify listener fd goes to the runtime at once (a later syscall of
+ * ours may be one the listener must answer). */
+static int load_filter(struct init_args *a, struct cella_seccomp *filter, struct cella_err *err)
+{
+	int notify_fd = -1;
+	int r = cella_seccomp_load(filter, &notify_fd, err);
+	if (r < 0 || notify_fd < 0)
+		return r;
+	sync_send(a->sync_fd, SYNC_SECCOMP, 0, 0, NULL);
+	r = terminal_send_fd(a->sync_fd, notify_fd, "seccomp", err);
+	close(notify_fd);
+	return r;
+}
+
 _Noreturn void container_init(struct init_args *a)
 {
 	struct cella_err err = { 0 };
@@ -176,8 +190,7 @@ _Noreturn void container_init(struct init_args *a)
 		fail(a, &err);
 	/* A notify listener fd must reach the runtime before READY: no waiting for execve then. */
 	bool late = filter && p->no_new_privileges && !cella_seccomp_wants_notify(filter);
-	int notify_fd = -1;
-	if (filter && !p->no_new_privileges && cella_seccomp_load(filter, &notify_fd, &err) < 0)
+	if (filter && !p->no_new_privileges && load_filter(a, filter, &err) < 0)
 		fail(a, &err);
 	if (process_user_caps(p, &err) < 0)
 		fail(a, &err);
@@ -185,14 +198,8 @@ _Noreturn void container_init(struct init_args *a)
 		cella_err_sys(&err, errno, "process.noNewPrivileges");
 		fail(a, &err);
 	}
-	if (filter && p->no_new_privileges && !late && cella_seccomp_load(filter, &notify_fd, &err) < 0)
+	if (filter && p->no_new_privileges && !late && load_filter(a, filter, &err) < 0)
 		fail(a, &err);
-	if (notify_fd >= 0) {
-		sync_send(a->sync_fd, SYNC_SECCOMP, 0, 0, NULL);
-		if (terminal_send_fd(a->sync_fd, notify_fd, "seccomp", &err) < 0)
-			fail(a, &err);
-		close(notify_fd);
-	}
 	/* Only stdio and --preserve-fds survive exec. */
 	syscall(SYS_close_range, 3 + a->preserve_fds, ~0U, CLOSE_RANGE_CLOEXEC);
 

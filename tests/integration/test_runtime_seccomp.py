@@ -154,7 +154,10 @@ def _notify_agent(path, got, answers):
                     fcntl.ioctl(fd, 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
                     nid, pid, _flags, nr = struct.unpack_from("=QIIi", req)
                     got.setdefault("nr", []).append(nr)
-                    resp = struct.pack("=QqiI", nid, 0, -28, 0)  # error = -ENOSPC
+                    if nr in (83, 258):  # mkdir, mkdirat: error = -ENOSPC
+                        resp = struct.pack("=QqiI", nid, 0, -28, 0)
+                    else:  # anything else: SECCOMP_USER_NOTIF_FLAG_CONTINUE
+                        resp = struct.pack("=QqiI", nid, 0, 0, 1)
                     fcntl.ioctl(fd, 0xC0182101, bytearray(resp))  # SECCOMP_IOCTL_NOTIF_SEND
                 os.close(fd)
         except Exception as e:  # reported by the test
@@ -208,3 +211,18 @@ def test_notify_with_exec(rt):
         assert len(got["states"]) == 2 and got["states"][1]["state"]["id"] == cid, got
     finally:
         rt.ok("delete", "-f", cid)
+
+
+def test_notify_for_a_syscall_of_the_init_itself(rt):
+    # Without no_new_privs the filter is loaded before the init drops privileges: a notified
+    # setgroups must reach the agent at once, not hang create.
+    sock = rt.tmp / "agent.sock"
+    got = {}
+    t = _notify_agent(sock, got, [2])
+    sc = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(sock),
+          "syscalls": [{"names": ["setgroups", "mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}
+    r = rt.run(rt.bundle(mkdir_cmd(), edit=with_seccomp(sc, nnp=False)), timeout=30)
+    t.join(10)
+    assert "error" not in got, got
+    assert r.returncode == 0 and "No space left on device" in r.stderr, r
+    assert got["nr"][0] == 116 and got["nr"][1] in (83, 258), got  # setgroups, then mkdir
