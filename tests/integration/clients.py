@@ -13,14 +13,18 @@ Podman
   --events-backend). So static_dir and events_logfile_path must keep their defaults (under
   graphroot and tmp_dir): set them in containers.conf and the cleanup process looks in another
   database, never finds the container, and every `podman run` waits conmon's 20 s timeout.
-- netns="none" (no CNI, no traffic), cgroup_manager="cgroupfs" (no systemd here) with podman's
-  default cgroup parent /libpod_parent: works on the hybrid host, no cgroups="disabled" needed.
+- netns="none" (no CNI, no traffic), cgroup_manager="cgroupfs" (no systemd here): works on the
+  hybrid host, no cgroups="disabled" needed. Each Podman object passes its own --cgroup-parent
+  (/cellatest-pm-PID-N) and a --cidfile to run/create, so its leak checks see only its own
+  containers even when another test session drives podman at the same time.
 - default_ulimits: podman's defaults (nofile 1048576, nproc = max) exceed this host's hard limits
   and CAP_SYS_RESOURCE is not in the bounding set, so raising them fails in every runtime ("error
   setting rlimit type 6: operation not permitted" from runc): nofile and nproc are set <= 20000.
 - `podman import` of a tar of the busybox rootfs gives a local image; runs use --pull=never.
-- conmon puts itself in /libpod_parent/conmon in every v1 hierarchy and leaves that cgroup
-  (podman's behaviour, runc too): teardown removes it when this test run created it.
+- conmon puts itself in PARENT/conmon in every v1 hierarchy (for `exec`: /libpod_parent/conmon)
+  and leaves that cgroup (podman's behaviour, with runc too): teardown removes both.
+- The runtime's state root stays its default (/run/cella): podman's exit command does not pass
+  --runtime-flag on, so `--runtime-flag root=DIR` leaves the state of `run --rm` containers.
 
 containerd
 - own config (root, state, grpc/ttrpc sockets in the private directory, CRI and the snapshotters
@@ -103,7 +107,7 @@ def kill_and_wait(pids, timeout=5):
 
 
 def cgroup_dirs(rel):
-    """rel (e.g. "libpod_parent/conmon") in every hierarchy where it exists."""
+    """rel (e.g. "cellatest-pm-1-1/conmon") in every hierarchy where it exists."""
     out = []
     for h in sorted(CGROUP_ROOT.iterdir()):
         d = h / rel
@@ -154,6 +158,7 @@ class Podman:
     IMAGE = "localhost/cella-busybox:test"
     # What the cleanup check in leaks() looks at; the state roots of the runtimes we drive.
     RUNTIME_ROOTS = {"cella": Path("/run/cella"), "runc": Path("/run/runc"), "crun": Path("/run/crun")}
+    instances = 0
 
     def __init__(self, top: Path):
         self.top = Path(top)
@@ -186,14 +191,24 @@ runroot = "{t}/run"
 """)
         self.env = dict(os.environ, CONTAINERS_CONF=str(self.conf),
                         CONTAINERS_STORAGE_CONF=str(self.storage_conf))
-        # cgroups that conmon leaves behind: removed at teardown only if they are ours.
-        self.had_libpod_parent = bool(cgroup_dirs("libpod_parent"))
-        self.roots_before = {k: state_entries(v) for k, v in self.RUNTIME_ROOTS.items()}
+        Podman.instances += 1
+        self.cgroup_parent = f"cellatest-pm-{os.getpid()}-{Podman.instances}"
+        self.cidfiles = self.top / "cidfiles"
+        self.cidfiles.mkdir(exist_ok=True)
+        self.ncid = 0
         self.mounts_baseline = set()
+        # conmon of `podman exec` still goes to /libpod_parent/conmon: removed at teardown when
+        # it was not there before (rmdir fails harmlessly while anyone else uses it).
+        self.had_libpod_parent = bool(cgroup_dirs("libpod_parent"))
 
     def __call__(self, *args, runtime=None, timeout=60, **kw):
         """podman [--runtime RUNTIME] ARGS... -> CompletedProcess (text)."""
-        cmd = ["podman"] + (["--runtime", str(runtime)] if runtime else []) + [str(a) for a in args]
+        args = [str(a) for a in args]
+        if args and args[0] in ("run", "create"):
+            self.ncid += 1
+            args[1:1] = ["--cgroup-parent", "/" + self.cgroup_parent,
+                         "--cidfile", str(self.cidfiles / str(self.ncid))]
+        cmd = ["podman"] + (["--runtime", str(runtime)] if runtime else []) + args
         kw.setdefault("capture_output", True)
         kw.setdefault("text", True)
         kw.setdefault("stdin", subprocess.DEVNULL)
@@ -210,6 +225,15 @@ runroot = "{t}/run"
         tarball.unlink()
         self.mounts_baseline = set(mounts_under(self.top))
         return self.IMAGE
+
+    def ids(self):
+        """Every container id run/create made through this object."""
+        out = set()
+        for f in self.cidfiles.iterdir():
+            cid = f.read_text().strip()
+            if cid:
+                out.add(cid)
+        return out
 
     def conmons(self):
         """conmon processes of our containers and the `podman container cleanup` processes
@@ -231,16 +255,17 @@ runroot = "{t}/run"
         extra = set(mounts_under(self.top)) - self.mounts_baseline
         if extra:
             problems.append(f"mounts left: {sorted(extra)}")
-        left = [str(d) for top in cgroup_dirs("libpod_parent") for d in top.glob("libpod-*")]
+        left = [str(d) for top in cgroup_dirs(self.cgroup_parent) for d in top.glob("libpod-*")]
         if left:
             problems.append(f"container cgroups left: {left}")
-        procs = procs_in_cgroups_matching(r"/libpod-[0-9a-f]{64}")
+        procs = procs_in_cgroups_matching(rf"^/{self.cgroup_parent}/libpod-")
         if procs:
             problems.append(f"processes left in container cgroups: {procs}")
+        ids = self.ids()
         for name, root in self.RUNTIME_ROOTS.items():
-            new = {e for e in state_entries(root) - self.roots_before[name] if re.fullmatch(r"[0-9a-f]{64}", e)}
-            if new:
-                problems.append(f"{name} state left in {root}: {sorted(new)}")
+            left = sorted(state_entries(root) & ids)
+            if left:
+                problems.append(f"{name} state left in {root}: {left}")
         return problems
 
     def teardown(self):
@@ -264,6 +289,7 @@ runroot = "{t}/run"
         if left:
             problems.append(f"mounts left: {left}")
             unmount_under(self.top)
+        rmdir_cgroup_tree(self.cgroup_parent)
         if not self.had_libpod_parent:
             rmdir_cgroup_tree("libpod_parent")
         shutil.rmtree(self.top, ignore_errors=True)

@@ -206,12 +206,12 @@ def test_ps_states(pm, rt):
         pm("rm", "-f", "-t", "0", name, runtime=r)
 
 
-def freezer_state(cid):
+def freezer_state(pm, cid):
     """The v1 freezer state of the container's cgroup (podman's cgroupfs path), or None on a
     host without a v1 freezer hierarchy."""
     if not os.path.isdir("/sys/fs/cgroup/freezer"):
         return None
-    with open(f"/sys/fs/cgroup/freezer/libpod_parent/libpod-{cid}/freezer.state") as f:
+    with open(f"/sys/fs/cgroup/freezer/{pm.cgroup_parent}/libpod-{cid}/freezer.state") as f:
         return f.read().strip()
 
 
@@ -224,10 +224,10 @@ def test_pause_unpause(pm, rt):
     try:
         ok(pm("pause", name, runtime=r))
         assert ok(pm("inspect", "--format", "{{.State.Status}}", name)).stdout.strip() == "paused"
-        assert freezer_state(cid) in ("FROZEN", None)
+        assert freezer_state(pm, cid) in ("FROZEN", None)
         ok(pm("unpause", name, runtime=r))
         assert ok(pm("inspect", "--format", "{{.State.Status}}", name)).stdout.strip() == "running"
-        assert freezer_state(cid) in ("THAWED", None)
+        assert freezer_state(pm, cid) in ("THAWED", None)
         assert ok(pm("exec", name, "echo", "alive", runtime=r)).stdout == "alive\n"
         ok(pm("stop", "-t", "10", name, runtime=r))
     finally:
@@ -276,11 +276,11 @@ def test_security_and_resources(pm, rt):
         assert int(st["CapEff"], 16) == int(st["CapBnd"], 16) == 1 << 5, st  # CAP_KILL only
         assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
         if os.path.isdir("/sys/fs/cgroup/memory"):
-            cg = f"/sys/fs/cgroup/memory/libpod_parent/libpod-{cid}"
+            cg = f"/sys/fs/cgroup/memory/{pm.cgroup_parent}/libpod-{cid}"
             assert open(f"{cg}/memory.limit_in_bytes").read().strip() == str(64 << 20)
             assert str(pid) in open(f"{cg}/cgroup.procs").read().split()
         if os.path.isdir("/sys/fs/cgroup/pids"):
-            assert open(f"/sys/fs/cgroup/pids/libpod_parent/libpod-{cid}/pids.max").read().strip() == "100"
+            assert open(f"/sys/fs/cgroup/pids/{pm.cgroup_parent}/libpod-{cid}/pids.max").read().strip() == "100"
         p = ok(pm("exec", "-u", "65534", name, "sh", "-c",
                   "id -u; touch /x 2>/dev/null || echo ro-root; touch /tmp/x && echo tmp-rw; "
                   "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\\t ' ' '", runtime=r))
