@@ -205,9 +205,10 @@ int cella_seccomp_build(const struct oci_seccomp *s, struct cella_seccomp **out,
 	for (size_t i = 0; r == 0 && s->architectures && s->architectures[i]; i++) {
 		uint32_t arch = to_arch(s->architectures[i]);
 		if (!arch) {
-			r = cella_err_set(err, EOPNOTSUPP, "linux.seccomp.architectures[%zu]: %s is not supported by libseccomp",
-					  i, s->architectures[i]);
-			break;
+			/* Unknown to this libseccomp: its syscalls meet the bad-arch action (kill), as if unlisted. */
+			log_debug("seccomp: skipping architecture %s (linux.seccomp.architectures[%zu]): unknown to libseccomp",
+				  s->architectures[i], i);
+			continue;
 		}
 		int a = seccomp_arch_add(f->ctx, arch);
 		if (a < 0 && a != -EEXIST)

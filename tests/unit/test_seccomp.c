@@ -59,6 +59,9 @@ int main(void)
 	   "\"SCMP_ARCH_X32\"], \"flags\": [\"SECCOMP_FILTER_FLAG_LOG\", \"SECCOMP_FILTER_FLAG_SPEC_ALLOW\", "
 	   "\"SECCOMP_FILTER_FLAG_TSYNC\"]}",
 	   "architectures and flags");
+	ok("{\"defaultAction\": \"SCMP_ACT_ALLOW\", \"architectures\": [\"SCMP_ARCH_X86_64\", "
+	   "\"SCMP_ARCH_LOONGARCH64\", \"SCMP_ARCH_M68K\", \"SCMP_ARCH_SHEB\"]}",
+	   "architectures this libseccomp may not know (skipped)");
 	ok("{\"defaultAction\": \"SCMP_ACT_ALLOW\", \"syscalls\": [{\"names\": [\"no_such_syscall\"], \"action\": "
 	   "\"SCMP_ACT_ERRNO\"}]}",
 	   "an unknown syscall name (skipped)");
