@@ -1,7 +1,9 @@
-/* Intel 8042 keyboard controller, reduced to what a keyboard-less guest touches: the status and
- * command port 0x64, the data port 0x60, a few controller commands Linux's probe sends, and the
- * reset line: command 0xFE (pulse output line 0 = CPU reset) reboots the machine. No keyboard or
- * mouse is attached, so device commands on the data port get no answer. */
+/* Intel 8042 keyboard controller with nothing plugged in: the status and command port 0x64, the
+ * data port 0x60, the controller commands Linux's probe sends, and the reset line: command 0xFE
+ * (pulse output line 0 = CPU reset) reboots the machine. A byte sent to the (absent) keyboard or
+ * mouse is answered at once the way a real controller answers when no device clocks it in: 0xFE
+ * with the timeout bit, on IRQ 1 or 12 when the command byte enables it. Answering instead of
+ * staying silent spares the guest's driver its probe timeouts (seconds of boot). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -13,6 +15,13 @@
 #define STATUS_OBF 0x01 /* output buffer full: data for the guest at 0x60 */
 #define STATUS_SYS 0x04 /* system flag: self test passed */
 #define STATUS_CMD 0x08 /* last write was a command */
+#define STATUS_KEYLOCK 0x10 /* keyboard not inhibited by the key lock */
+#define STATUS_AUXDATA 0x20 /* output buffer holds mouse (AUX) data */
+#define STATUS_TIMEOUT 0x40 /* the device did not answer */
+
+#define IRQ_KBD 1
+#define IRQ_AUX 12
+#define REPLY_NO_DEVICE 0xfe
 
 #define CMD_READ_CTR 0x20
 #define CMD_WRITE_CTR 0x60
@@ -25,8 +34,13 @@
 #define CMD_ENABLE_KBD 0xae
 #define CMD_READ_OUTPUT 0xd0
 #define CMD_WRITE_OUTPUT 0xd1
+#define CMD_WRITE_KBD_OUTBUF 0xd2 /* next data byte appears as if from the keyboard */
+#define CMD_WRITE_AUX_OUTBUF 0xd3 /* ... as if from the mouse */
+#define CMD_WRITE_AUX 0xd4        /* next data byte goes to the mouse */
 #define CMD_PULSE_RESET 0xfe
 
+#define CTR_KBD_INT 0x01
+#define CTR_AUX_INT 0x02
 #define CTR_KBD_DISABLED 0x10
 #define CTR_AUX_DISABLED 0x20
 
@@ -34,6 +48,7 @@ struct i8042 {
 	pthread_mutex_t lock;
 	const struct hw_host *host;
 	uint8_t status, ctr, outbuf, pending_cmd, output_port;
+	int irq_raised; /* 0, IRQ_KBD or IRQ_AUX: the line we hold high until the guest reads */
 };
 
 int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *err)
@@ -43,7 +58,7 @@ int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *
 		return cella_err_set(err, ENOMEM, "i8042: out of memory");
 	pthread_mutex_init(&k->lock, NULL);
 	k->host = host;
-	k->status = STATUS_SYS;
+	k->status = STATUS_SYS | STATUS_KEYLOCK;
 	k->ctr = CTR_KBD_DISABLED | CTR_AUX_DISABLED | 0x04;
 	k->output_port = 0x01; /* reset line not asserted */
 	*out = k;
@@ -58,10 +73,40 @@ void i8042_free(struct i8042 *k)
 	free(k);
 }
 
+static void set_irq(struct i8042 *k, int irq, int level)
+{
+	if (k->host && k->host->set_irq)
+		k->host->set_irq(k->host->ctx, (unsigned)irq, level);
+}
+
+static void lower_irq(struct i8042 *k)
+{
+	if (k->irq_raised)
+		set_irq(k, k->irq_raised, 0);
+	k->irq_raised = 0;
+}
+
+/* A controller reply (polled by the guest: no interrupt). */
 static void put_output(struct i8042 *k, uint8_t v)
 {
+	lower_irq(k);
 	k->outbuf = v;
-	k->status |= STATUS_OBF;
+	k->status = (uint8_t)((k->status & ~(STATUS_AUXDATA | STATUS_TIMEOUT)) | STATUS_OBF);
+}
+
+/* A byte from a device port: interrupts if the command byte enables that port's interrupt. */
+static void put_device_output(struct i8042 *k, uint8_t v, bool aux, bool timeout)
+{
+	put_output(k, v);
+	if (aux)
+		k->status |= STATUS_AUXDATA;
+	if (timeout)
+		k->status |= STATUS_TIMEOUT;
+	int irq = aux ? IRQ_AUX : IRQ_KBD;
+	if (k->ctr & (aux ? CTR_AUX_INT : CTR_KBD_INT)) {
+		set_irq(k, irq, 1);
+		k->irq_raised = irq;
+	}
 }
 
 static void reboot(struct i8042 *k, const char *why)
@@ -75,7 +120,8 @@ static void data_read(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
 	struct i8042 *k = opaque;
 	pthread_mutex_lock(&k->lock);
 	data[0] = k->outbuf;
-	k->status &= ~STATUS_OBF;
+	k->status &= ~(STATUS_OBF | STATUS_AUXDATA | STATUS_TIMEOUT);
+	lower_irq(k);
 	pthread_mutex_unlock(&k->lock);
 	for (uint32_t i = 1; i < len; i++)
 		data[i] = 0xff;
@@ -95,8 +141,18 @@ static void data_write(void *opaque, uint64_t offset, const uint8_t *data, uint3
 		k->output_port = data[0];
 		do_reboot = !(data[0] & 0x01);
 		break;
+	case CMD_WRITE_KBD_OUTBUF:
+		put_device_output(k, data[0], false, false);
+		break;
+	case CMD_WRITE_AUX_OUTBUF:
+		put_device_output(k, data[0], true, false);
+		break;
+	case CMD_WRITE_AUX:
+		put_device_output(k, REPLY_NO_DEVICE, true, true); /* no mouse */
+		break;
 	default:
-		break; /* to the (absent) keyboard */
+		put_device_output(k, REPLY_NO_DEVICE, false, true); /* no keyboard */
+		break;
 	}
 	k->pending_cmd = 0;
 	pthread_mutex_unlock(&k->lock);
@@ -128,6 +184,9 @@ static void cmd_write(void *opaque, uint64_t offset, const uint8_t *data, uint32
 		break;
 	case CMD_WRITE_CTR:
 	case CMD_WRITE_OUTPUT:
+	case CMD_WRITE_KBD_OUTBUF:
+	case CMD_WRITE_AUX_OUTBUF:
+	case CMD_WRITE_AUX:
 		k->pending_cmd = cmd;
 		break;
 	case CMD_DISABLE_AUX:

@@ -1,0 +1,156 @@
+"""cella-vmm bad input: each case fails with one clear error, exit status 1, and no VM.
+
+These fail before /dev/kvm is opened (or point --kvm-device elsewhere), so they run on any
+host, KVM or not.
+"""
+import json
+import os
+import struct
+
+import pytest
+
+from conftest import BUILD, run
+from vmm_guests import HELLO
+
+VMM = str(BUILD / "cella-vmm")
+NO_KVM = "/nonexistent/kvm"
+
+
+@pytest.fixture
+def hello(tmp_path):
+    p = tmp_path / "hello.bin"
+    p.write_bytes(HELLO)
+    return str(p)
+
+
+def bzimage(version=0x020f, setup_sects=4, total=None, xloadflags=1):
+    """A synthetic bzImage header (enough for the loader's checks)."""
+    size = total if total is not None else (setup_sects + 1) * 512 + 4096
+    img = bytearray(max(size, 0x270))
+    img[0x1f1] = setup_sects
+    img[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", img, 0x206, version)
+    struct.pack_into("<H", img, 0x236, xloadflags)
+    return bytes(img[:size]) if total is not None else bytes(img)
+
+
+def vmm_fails(*args, match):
+    p = run([VMM, *args])
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, p.stderr  # one clear error
+    assert lines[0].startswith("cella-vmm: "), p.stderr
+    assert match in lines[0], p.stderr
+    assert p.stdout == ""
+    return lines[0]
+
+
+def test_help():
+    p = run([VMM, "--help"])
+    assert p.returncode == 0 and "--kernel PATH" in p.stdout
+
+
+def test_no_kernel():
+    vmm_fails(match="kernel: required")
+
+
+def test_missing_kernel_file(tmp_path):
+    vmm_fails("--kernel", str(tmp_path / "nope"), "--kvm-device", NO_KVM,
+              match="No such file or directory")
+
+
+def test_empty_kernel(tmp_path):
+    k = tmp_path / "empty"
+    k.write_bytes(b"")
+    vmm_fails("--kernel", str(k), "--kvm-device", NO_KVM, match="empty file")
+
+
+def test_truncated_bzimage(tmp_path):
+    k = tmp_path / "bz"
+    k.write_bytes(bzimage(total=1024))
+    vmm_fails("--kernel", str(k), "--kvm-device", NO_KVM, match="truncated bzImage")
+
+
+def test_bzimage_too_old_for_64bit(tmp_path):
+    k = tmp_path / "bz"
+    k.write_bytes(bzimage(version=0x0206))
+    vmm_fails("--kernel", str(k), "--kvm-device", NO_KVM,
+              match="boot protocol 2.06 is too old for 64-bit boot")
+
+
+def test_memory_below_linux_floor(tmp_path):
+    k = tmp_path / "bz"
+    k.write_bytes(bzimage())
+    vmm_fails("--kernel", str(k), "--memory", "16", "--kvm-device", NO_KVM,
+              match="memory: 16 MiB is below the minimum of 32 MiB for a Linux kernel")
+
+
+def test_memory_zero_and_huge(hello):
+    vmm_fails("--kernel", hello, "--memory", "0", match="memory: 0 MiB is out of range")
+    vmm_fails("--kernel", hello, "--memory", str(2 << 20), match="out of range")
+    vmm_fails("--kernel", hello, "--memory", "lots", match="--memory: expected a size in MiB")
+
+
+def test_initrd_does_not_fit(tmp_path):
+    k = tmp_path / "bz"
+    k.write_bytes(bzimage())
+    initrd = tmp_path / "initrd"
+    with open(initrd, "wb") as f:
+        f.truncate(40 << 20)
+    vmm_fails("--kernel", str(k), "--initrd", str(initrd), "--memory", "32", "--kvm-device", NO_KVM,
+              match="initrd:")
+    line = vmm_fails("--kernel", str(k), "--initrd", str(initrd), "--memory", "32",
+                     "--kvm-device", NO_KVM, match="does not fit")
+    assert "32 MiB" in line
+
+
+def test_too_many_cpus(hello):
+    vmm_fails("--kernel", hello, "--cpus", "33", match="cpus: 33 is out of range (1..32)")
+    vmm_fails("--kernel", hello, "--cpus", "0", match="cpus: 0 is out of range")
+    vmm_fails("--kernel", hello, "--cpus", "two", match="--cpus: expected a number")
+
+
+def test_kvm_device_missing(hello):
+    vmm_fails("--kernel", hello, "--kvm-device", NO_KVM,
+              match=f"{NO_KVM}: not found (is the kvm module loaded")
+
+
+def test_kvm_device_not_kvm(hello):
+    vmm_fails("--kernel", hello, "--kvm-device", "/dev/null", match="/dev/null: not a KVM device")
+
+
+def test_kvm_device_not_openable(hello, tmp_path):
+    vmm_fails("--kernel", hello, "--kvm-device", str(tmp_path), match="cannot open")
+
+
+def test_default_kvm_device_absent(hello):
+    if os.path.exists("/dev/kvm"):
+        pytest.skip("this host has /dev/kvm")
+    vmm_fails("--kernel", hello, match="/dev/kvm: not found")
+
+
+def test_config_unknown_field(tmp_path, hello):
+    c = tmp_path / "vm.json"
+    c.write_text(json.dumps({"kernel": hello, "memroy_mib": 64}))
+    vmm_fails("--config", str(c), match="memroy_mib: unknown field")
+
+
+def test_config_wrong_type_and_syntax(tmp_path, hello):
+    c = tmp_path / "vm.json"
+    c.write_text(json.dumps({"kernel": hello, "cpus": "2"}))
+    vmm_fails("--config", str(c), match="cpus: expected")
+    c.write_text('{"kernel": ')
+    vmm_fails("--config", str(c), match="line 1")
+
+
+def test_config_values_and_flag_override(tmp_path, hello):
+    c = tmp_path / "vm.json"
+    c.write_text(json.dumps({"kernel": hello, "cpus": 40, "memory_mib": 64}))
+    vmm_fails("--config", str(c), match="cpus: 40 is out of range")
+    # The flag overrides the config's value; the next error proves the config was read.
+    vmm_fails("--config", str(c), "--cpus", "2", "--kvm-device", "/dev/null", match="not a KVM device")
+
+
+def test_bad_log_level_and_stray_argument(hello):
+    vmm_fails("--kernel", hello, "--log-level", "loud", match="--log-level: expected debug")
+    vmm_fails("--kernel", hello, "extra", match='unexpected argument "extra"')

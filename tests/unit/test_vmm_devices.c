@@ -1,0 +1,156 @@
+/* i8042, ACPI PM1a, boot timer and legacy ports, driven through their bus ops (no KVM). */
+#include <string.h>
+
+#include "base/err.h"
+#include "base/util.h"
+#include "tap.h"
+#include "vmm/bus.h"
+#include "vmm/hw/hw.h"
+#include "vmm/x86/boot.h"
+
+struct fake_host {
+	int events, last_event;
+	char why[128];
+	int irq_level[16];
+};
+
+static int fake_set_irq(void *ctx, unsigned irq, int level)
+{
+	struct fake_host *h = ctx;
+	if (irq < 16)
+		h->irq_level[irq] = level;
+	return 0;
+}
+
+static void fake_event(void *ctx, enum hw_event ev, const char *why)
+{
+	struct fake_host *h = ctx;
+	h->events++;
+	h->last_event = (int)ev;
+	snprintf(h->why, sizeof(h->why), "%s", why);
+}
+
+static uint8_t rd8(const struct bus_ops *ops, void *dev, uint64_t off)
+{
+	uint8_t v;
+	ops->read(dev, off, &v, 1);
+	return v;
+}
+
+static void wr8(const struct bus_ops *ops, void *dev, uint64_t off, uint8_t v)
+{
+	ops->write(dev, off, &v, 1);
+}
+
+static void test_i8042(void)
+{
+	struct cella_err err = { 0 };
+	struct fake_host h = { 0 };
+	struct hw_host host = { .set_irq = fake_set_irq, .event = fake_event, .ctx = &h };
+	struct i8042 *k;
+	TAP_OK(i8042_new(&host, &k, &err) == 0, "i8042: create");
+	uint8_t st = rd8(&i8042_cmd_ops, k, 0);
+	TAP_OK(!(st & 0x01) && !(st & 0x02) && (st & 0x10), "i8042: status idle, input empty, not key-locked");
+	wr8(&i8042_cmd_ops, k, 0, 0xaa);
+	TAP_OK((rd8(&i8042_cmd_ops, k, 0) & 0x01) && rd8(&i8042_data_ops, k, 0) == 0x55, "i8042: self test 0x55");
+	TAP_OK(!(rd8(&i8042_cmd_ops, k, 0) & 0x01), "i8042: output buffer drained by the read");
+	wr8(&i8042_cmd_ops, k, 0, 0x60);
+	wr8(&i8042_data_ops, k, 0, 0x03);
+	wr8(&i8042_cmd_ops, k, 0, 0x20);
+	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0x03, "i8042: command byte written and read back");
+	/* No keyboard: a byte sent to it is answered 0xFE with the timeout bit, on IRQ 1. */
+	wr8(&i8042_data_ops, k, 0, 0xf2);
+	st = rd8(&i8042_cmd_ops, k, 0);
+	TAP_OK((st & 0x41) == 0x41 && !(st & 0x20), "i8042: keyboard absent: timeout + data, not AUX");
+	TAP_OK(h.irq_level[1] == 1, "i8042: IRQ 1 raised (keyboard interrupt enabled)");
+	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0xfe && h.irq_level[1] == 0, "i8042: 0xFE read, IRQ 1 dropped");
+	/* AUX loop: the byte comes back as mouse data on IRQ 12. */
+	wr8(&i8042_cmd_ops, k, 0, 0xd3);
+	wr8(&i8042_data_ops, k, 0, 0x5a);
+	st = rd8(&i8042_cmd_ops, k, 0);
+	TAP_OK((st & 0x21) == 0x21 && h.irq_level[12] == 1, "i8042: AUX loop data flagged AUX, IRQ 12");
+	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0x5a && h.irq_level[12] == 0, "i8042: AUX loop echoes the byte");
+	TAP_OK(h.events == 0, "i8042: no machine event so far");
+	wr8(&i8042_cmd_ops, k, 0, 0xfe);
+	TAP_OK(h.events == 1 && h.last_event == HW_EVENT_REBOOT && strstr(h.why, "guest reboot"),
+	       "i8042: 0xFE pulses reset: reboot (%s)", h.why);
+	i8042_free(k);
+}
+
+static void test_acpi_pm(void)
+{
+	struct cella_err err = { 0 };
+	struct fake_host h = { 0 };
+	struct hw_host host = { .event = fake_event, .ctx = &h };
+	struct acpi_pm *pm;
+	TAP_OK(acpi_pm_new(&host, &pm, &err) == 0, "acpi-pm: create");
+	uint8_t v[2];
+	acpi_pm_cnt_ops.read(pm, 0, v, 2);
+	TAP_OK(v[0] & 0x01, "acpi-pm: SCI_EN reads set");
+	uint8_t s3[2] = { 0x00, (uint8_t)((3 << 10 | 1 << 13) >> 8) };
+	acpi_pm_cnt_ops.write(pm, 0, s3, 2);
+	TAP_OK(h.events == 0, "acpi-pm: S3 request is not a poweroff");
+	uint16_t typ_only = X86_ACPI_S5_SLP_TYP << 10;
+	uint8_t t[2] = { (uint8_t)typ_only, (uint8_t)(typ_only >> 8) };
+	acpi_pm_cnt_ops.write(pm, 0, t, 2);
+	TAP_OK(h.events == 0, "acpi-pm: SLP_TYP without SLP_EN does nothing");
+	uint16_t s5 = X86_ACPI_S5_SLP_TYP << 10 | 1 << 13;
+	uint8_t hi = (uint8_t)(s5 >> 8);
+	acpi_pm_cnt_ops.write(pm, 1, &hi, 1); /* a byte write of the high half, as some guests do */
+	TAP_OK(h.events == 1 && h.last_event == HW_EVENT_POWEROFF && !strcmp(h.why, "guest poweroff"),
+	       "acpi-pm: SLP_EN + S5 powers off");
+	uint8_t en[2] = { 0x21, 0x01 };
+	acpi_pm_evt_ops.write(pm, 2, en, 2);
+	uint8_t ev[4];
+	acpi_pm_evt_ops.read(pm, 0, ev, 4);
+	TAP_OK(ev[2] == 0x21 && ev[3] == 0x01 && ev[0] == 0 && ev[1] == 0, "acpi-pm: enable register kept");
+	acpi_pm_free(pm);
+}
+
+static void test_boot_timer_and_legacy(void)
+{
+	struct cella_err err = { 0 };
+	struct boot_timer *t;
+	TAP_OK(boot_timer_new(cella_now_ns(), &t, &err) == 0, "boot-timer: create");
+	TAP_OK(boot_timer_elapsed_ns(t) == 0, "boot-timer: nothing recorded yet");
+	wr8(&boot_timer_ops, t, 0, 7);
+	TAP_OK(boot_timer_elapsed_ns(t) == 0, "boot-timer: other values ignored");
+	wr8(&boot_timer_ops, t, 0, BOOT_TIMER_MAGIC);
+	uint64_t first = boot_timer_elapsed_ns(t);
+	TAP_OK(first > 0, "boot-timer: magic value recorded");
+	wr8(&boot_timer_ops, t, 0, BOOT_TIMER_MAGIC);
+	TAP_OK(boot_timer_elapsed_ns(t) == first, "boot-timer: first write kept");
+	boot_timer_free(t);
+
+	struct fake_host h = { 0 };
+	struct hw_host host = { .event = fake_event, .ctx = &h };
+	struct legacy *l;
+	struct bus pio;
+	bus_init(&pio, "pio");
+	TAP_OK(legacy_new(&host, &l, &err) == 0 && legacy_register(l, &pio, &err) == 0, "legacy: registered");
+	uint8_t v[4];
+	TAP_OK(bus_read(&pio, 0xcfc, v, 4) && v[0] == 0xff && v[3] == 0xff, "legacy: PCI config reads all-ones");
+	uint8_t idx = 0x0b;
+	bus_write(&pio, 0x70, &idx, 1);
+	bus_read(&pio, 0x71, v, 1);
+	TAP_OK(v[0] == 0x02, "legacy: RTC status B: 24-hour BCD");
+	idx = 0x00;
+	bus_write(&pio, 0x70, &idx, 1);
+	bus_read(&pio, 0x71, v, 1);
+	TAP_OK((v[0] & 0x0f) <= 9 && (v[0] >> 4) <= 5, "legacy: RTC seconds in BCD (0x%02x)", v[0]);
+	uint8_t post = 0x42;
+	TAP_OK(bus_write(&pio, 0x80, &post, 1) && pio.unhandled_writes == 0, "legacy: POST port swallowed");
+	uint8_t rst = 0x06;
+	bus_write(&pio, 0xcf9, &rst, 1);
+	TAP_OK(h.events == 1 && h.last_event == HW_EVENT_REBOOT, "legacy: reset control RST_CPU reboots");
+	legacy_free(l);
+	bus_free(&pio);
+}
+
+int main(void)
+{
+	test_i8042();
+	test_acpi_pm();
+	test_boot_timer_and_legacy();
+	return tap_done();
+}
