@@ -450,10 +450,6 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	if (r < 0)
 		return r;
 
-	/* Namespaces exist, the root filesystem is not pivoted yet: the runtime-namespace hooks. */
-	r = run_create_hooks(c, err);
-	if (r < 0)
-		return r;
 	sync_send(c->sync_fd, SYNC_GO, 0, 0, NULL);
 	if (hooks_init_needs_state(&c->cfg->hooks)) {
 		_cleanup_free_ char *state = hooks_state_json(st, "creating");
@@ -461,12 +457,19 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		if (r < 0)
 			return r;
 	}
+	/* Until READY the init may ask for the runtime-namespace hooks (namespaces and mounts exist,
+	 * the root is not pivoted yet) and hand over a seccomp listener fd. */
 	struct sync_msg m;
-	r = child_msg(c, &m, err);
-	if (r == 0 && m.type == SYNC_SECCOMP) {
-		r = seccomp_listener(c, err);
-		if (r == 0)
-			r = child_msg(c, &m, err);
+	for (;;) {
+		r = child_msg(c, &m, err);
+		if (r == 0 && m.type == SYNC_SECCOMP)
+			r = seccomp_listener(c, err);
+		else if (r == 0 && m.type == SYNC_HOOKS && (r = run_create_hooks(c, err)) == 0)
+			sync_send(c->sync_fd, SYNC_HOOKS_DONE, 0, 0, NULL);
+		else
+			break;
+		if (r < 0)
+			return r;
 	}
 	if (r < 0)
 		return r;

@@ -162,6 +162,11 @@ _Noreturn void container_init(struct init_args *a)
 
 	if (rootfs_prepare(a, &err) < 0)
 		fail(a, &err);
+	if (hooks_count(&cfg->hooks, HOOK_PRESTART) || hooks_count(&cfg->hooks, HOOK_CREATE_RUNTIME)) {
+		/* prestart/createRuntime run in the runtime namespace, now that our mounts exist. */
+		sync_send(a->sync_fd, SYNC_HOOKS, 0, 0, NULL);
+		expect(a, SYNC_HOOKS_DONE);
+	}
 	/* In the container's mount namespace, before pivot_root. */
 	if (hooks_run(&cfg->hooks, HOOK_CREATE_CONTAINER, state, &err) < 0)
 		fail(a, &err);

@@ -21,6 +21,8 @@ enum sync_type {
 	SYNC_ACK,         /* P -> C: state recorded; you are on your own */
 	SYNC_ERROR,       /* C -> P: setup failed: msg */
 	SYNC_SECCOMP,     /* C -> P: seccomp notify fd follows (SCM_RIGHTS message) for listenerPath */
+	SYNC_HOOKS,       /* C -> P: mounts prepared, not pivoted: run prestart/createRuntime hooks */
+	SYNC_HOOKS_DONE,  /* P -> C: hooks succeeded (on failure the runtime kills the init) */
 };
 
 struct sync_msg {

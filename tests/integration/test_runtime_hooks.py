@@ -28,7 +28,9 @@ def recorder(rt, phase, d):
                                            f'echo "$MARK" > {d}/{phase}.env; '
                                            f'readlink /proc/self/ns/mnt > {d}/{phase}.mnt; '
                                            f'readlink /proc/self/ns/pid > {d}/{phase}.pid; '
-                                           f'test -d {rt.tmp} && echo host-paths > {d}/{phase}.paths'),
+                                           f'test -d {rt.tmp} && echo host-paths > {d}/{phase}.paths; '
+                                           f'pid=$(sed \'s/.*"pid":\\([0-9]*\\).*/\\1/\' {d}/{phase}.state); '
+                                           f'cat /proc/$pid/mountinfo > {d}/{phase}.mountinfo'),
             "args": [phase, "a1", "a2"], "env": ["MARK=mark-" + phase], "timeout": 10}
 
 
@@ -62,6 +64,9 @@ def test_all_phases_run_in_order_and_namespace(rt):
         assert st["bundle"] == str(b)
         assert read(d, f"{p}.args") == "a1 a2" and read(d, f"{p}.env") == f"mark-{p}"
         assert read(d, f"{p}.mnt") == host_mnt and read(d, f"{p}.pid") == host_pid
+        # After the container's mounts are set up, before pivot_root (as runc runs them).
+        points = [l.split()[4] for l in read(d, f"{p}.mountinfo").splitlines()]
+        assert os.path.realpath(b / "rootfs") + "/mnt" in points, points
     st = json.loads(read(d, "createContainer.state"))
     assert st["id"] == cid and st["pid"] == pid
     assert read(d, "createContainer.mnt") == os.readlink(f"/proc/{pid}/ns/mnt") != host_mnt
