@@ -270,39 +270,48 @@ int vcpus_start(struct vm *vm, struct cella_err *err)
 	return r;
 }
 
-void vcpus_stop(struct vm *vm)
+/* Kicks every running vCPU and reaps the threads that have left. Polls with a monotonic sleep (no
+ * wall-clock deadlines: the guest of a nested sandbox may see its wall clock jump). Gives up after
+ * VCPU_STOP_GIVE_UP_MS with the stuck vCPUs logged: returns false, and the caller must then leave
+ * the vCPUs' resources alone (the process is about to exit and takes the threads with it). */
+#define VCPU_STOP_POLL_MS 5
+#define VCPU_STOP_WARN_MS 1000
+#define VCPU_STOP_GIVE_UP_MS 10000
+
+bool vcpus_stop(struct vm *vm)
 {
 	atomic_store(&vm->stopping, true);
-	for (unsigned round = 0;; round++) {
+	for (unsigned waited = 0;; waited += VCPU_STOP_POLL_MS) {
 		bool left = false;
 		for (unsigned i = 0; i < vm->ncpus; i++) {
 			struct vcpu *v = &vm->vcpus[i];
 			if (!v->thread_started)
 				continue;
-			if (v->run)
-				__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-			pthread_kill(v->thread, VCPU_KICK_SIGNAL);
-		}
-		for (unsigned i = 0; i < vm->ncpus; i++) {
-			struct vcpu *v = &vm->vcpus[i];
-			if (!v->thread_started)
-				continue;
-			struct timespec deadline;
-			clock_gettime(CLOCK_REALTIME, &deadline);
-			deadline.tv_nsec += 20 * 1000 * 1000;
-			if (deadline.tv_nsec >= 1000000000) {
-				deadline.tv_sec++;
-				deadline.tv_nsec -= 1000000000;
-			}
-			int e = pthread_timedjoin_np(v->thread, NULL, &deadline);
-			if (e == 0)
+			if (pthread_tryjoin_np(v->thread, NULL) == 0) {
 				v->thread_started = false;
-			else
-				left = true;
+				continue;
+			}
+			left = true;
+			/* Kick every 20 ms: immediate_exit for a thread about to enter KVM_RUN, the signal
+			 * for one inside it. */
+			if (waited % 20 == 0) {
+				if (v->run)
+					__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+				pthread_kill(v->thread, VCPU_KICK_SIGNAL);
+			}
+			if (waited == VCPU_STOP_WARN_MS)
+				log_warn("vcpu%u: still running %u ms after the stop request; kicking again", i, waited);
 		}
 		if (!left)
-			return;
-		if (round == 50)
-			log_warn("vCPU threads slow to stop; still kicking");
+			return true;
+		if (waited >= VCPU_STOP_GIVE_UP_MS) {
+			for (unsigned i = 0; i < vm->ncpus; i++)
+				if (vm->vcpus[i].thread_started)
+					log_error("vcpu%u: did not leave KVM_RUN within %u ms of the stop request; "
+						  "abandoning it", i, waited);
+			return false;
+		}
+		struct timespec ts = { .tv_nsec = VCPU_STOP_POLL_MS * 1000 * 1000 };
+		nanosleep(&ts, NULL);
 	}
 }

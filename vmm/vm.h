@@ -81,6 +81,7 @@ int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot
 /* Installs the kick signal handler (once per process). */
 int vcpu_signals_init(struct cella_err *err);
 int vcpus_start(struct vm *vm, struct cella_err *err);
-/* Asks every vCPU to leave KVM_RUN and joins the threads; never blocks for long. */
-void vcpus_stop(struct vm *vm);
+/* Asks every vCPU to leave KVM_RUN and joins the threads; never blocks for long. false = some
+ * vCPU thread would not stop (logged) and still uses its kvm_run and the VM. */
+bool vcpus_stop(struct vm *vm);
 void vcpu_destroy(struct vcpu *vcpu);

@@ -273,7 +273,7 @@ int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_e
 	sigaddset(&stop_sigs, SIGHUP);
 	sigaddset(&stop_sigs, SIGQUIT);
 	sigaddset(&stop_sigs, SIGPIPE);
-	bool masked = false;
+	bool masked = false, stopped = true;
 	struct x86_boot_entry entry = { 0 };
 
 	int r = vmm_config_check(cfg, err);
@@ -320,7 +320,7 @@ int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_e
 		event_loop(vm, &con, sig_fd);
 	else
 		vm_request_end(vm, VMM_FAILED, 0, "%s", err->msg);
-	vcpus_stop(vm);
+	stopped = vcpus_stop(vm);
 	if (r == 0) {
 		pthread_mutex_lock(&vm->end_lock);
 		res->outcome = vm->outcome;
@@ -339,6 +339,12 @@ out:
 		while (sigtimedwait(&stop_sigs, NULL, &zero) > 0)
 			;
 		pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+	}
+	if (!stopped) {
+		/* A vCPU thread is stuck in the kernel: its kvm_run, the devices it may call and the VM must
+		 * outlive it. Leave them to process exit rather than hang or free memory in use. */
+		res->abandoned = true;
+		return 0;
 	}
 	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
 		vcpu_destroy(&vm->vcpus[i]);

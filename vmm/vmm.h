@@ -63,6 +63,7 @@ struct vmm_result {
 	int signal;            /* VMM_SIGNALED: which */
 	char reason[256];      /* one line: "guest poweroff", "KVM_EXIT_INTERNAL_ERROR ..." */
 	uint64_t boot_timer_ns; /* time from VMM start to the guest's boot-timer write, 0 if none */
+	bool abandoned;         /* a vCPU would not stop: the VM's resources were left to process exit */
 };
 
 const char *vmm_outcome_name(enum vmm_outcome outcome);

@@ -2,7 +2,7 @@
  * and turns the way the VM ended into an exit status:
  *   0    the guest powered off or rebooted
  *   1    bad input or no usable KVM: nothing ran
- *   2    the VM failed (an unrecoverable vCPU exit; details in the log)
+ *   2    the VM failed (an unrecoverable vCPU exit, or a vCPU that would not stop; details logged)
  *   128+N  stopped by signal N */
 #include <getopt.h>
 #include <stdarg.h>
@@ -208,6 +208,10 @@ int main(int argc, char **argv)
 	case VMM_SIGNALED:
 		status = 128 + res.signal;
 		break;
+	}
+	if (res.abandoned) {
+		log_error("a vCPU thread would not stop; exiting without tearing the VM down");
+		status = 2;
 	}
 	log_debug("VM ended: %s (%s)", vmm_outcome_name(res.outcome), res.reason);
 out:
