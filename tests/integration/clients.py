@@ -255,9 +255,15 @@ runroot = "{t}/run"
         extra = set(mounts_under(self.top)) - self.mounts_baseline
         if extra:
             problems.append(f"mounts left: {sorted(extra)}")
-        left = [str(d) for top in cgroup_dirs(self.cgroup_parent) for d in top.glob("libpod-*")]
+        end = time.time() + 5  # the exit command's `podman container cleanup` may still run
+        while True:
+            left = [d for top in cgroup_dirs(self.cgroup_parent) for d in top.glob("libpod-*")]
+            if not left or time.time() > end:
+                break
+            time.sleep(0.1)
         if left:
-            problems.append(f"container cgroups left: {left}")
+            tasks = sum(len((d / "cgroup.procs").read_text().split()) for d in left if (d / "cgroup.procs").exists())
+            problems.append(f"container cgroups left ({tasks} processes in them): {sorted(map(str, left))}")
         procs = procs_in_cgroups_matching(rf"^/{self.cgroup_parent}/libpod-")
         if procs:
             problems.append(f"processes left in container cgroups: {procs}")

@@ -371,3 +371,32 @@ def test_kill_logs_restart_cp_top(pm, rt, tmp_path):
         assert ok(pm("inspect", "--format", "{{.State.ExitCode}}", name)).stdout.strip() == "137"
     finally:
         pm("rm", "-f", "-t", "0", name, runtime=r)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_resources(pm, rt):
+    """podman's resource flags land in the container's cgroup files (v1 hierarchies here) and
+    --oom-score-adj on the process, as with runc."""
+    r = runtime_path(rt)
+    cid = ok(pm("run", "-d", "--pull=never", "--cpu-shares", "512", "--cpuset-cpus", "0", "--memory", "64m",
+                "--memory-swap", "128m", "--memory-reservation", "32m", "--cpus", "0.5",
+                "--device-cgroup-rule", "c 10:229 rwm", "--oom-score-adj", "200", pm.IMAGE, *TRAP_LOOP,
+                runtime=r)).stdout.strip()
+    try:
+        want = {"cpu/cpu.shares": "512", "cpuset/cpuset.cpus": "0", "memory/memory.limit_in_bytes": str(64 << 20),
+                "memory/memory.memsw.limit_in_bytes": str(128 << 20),
+                "memory/memory.soft_limit_in_bytes": str(32 << 20), "cpu/cpu.cfs_quota_us": "50000"}
+        for k, v in want.items():
+            ctl, fname = k.split("/")
+            if not os.path.isdir(f"/sys/fs/cgroup/{ctl}"):
+                continue
+            with open(f"/sys/fs/cgroup/{ctl}/{pm.cgroup_parent}/libpod-{cid}/{fname}") as f:
+                assert f.read().strip() == v, k
+        if os.path.isdir("/sys/fs/cgroup/devices"):
+            with open(f"/sys/fs/cgroup/devices/{pm.cgroup_parent}/libpod-{cid}/devices.list") as f:
+                assert "c 10:229 rwm" in f.read().splitlines()
+        pid = int(ok(pm("inspect", "--format", "{{.State.Pid}}", cid)).stdout)
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            assert f.read().strip() == "200"
+    finally:
+        pm("rm", "-f", "-t", "0", cid, runtime=r)
