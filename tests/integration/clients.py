@@ -36,7 +36,9 @@ containerd
 """
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -147,6 +149,59 @@ def state_entries(root):
         return set(os.listdir(root))
     except OSError:
         return set()
+
+
+def drive_pty(argv, env, steps, timeout=20):
+    """Runs argv on a new pty; for each (text to send, bytes to wait for) writes the text, then
+    reads until the bytes appear after the previous match. Returns (all output, exit status)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    out = b""
+    pos = 0
+
+    def read_until(want, deadline):
+        nonlocal out, pos
+        while time.monotonic() < deadline:
+            if want is not None and want in out[pos:]:
+                pos = out.index(want, pos) + len(want)
+                return True
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    d = os.read(fd, 4096)
+                except OSError:  # EIO: the other side is closed
+                    return False
+                if not d:
+                    return False
+                out += d
+        return False
+
+    deadline = time.monotonic() + timeout
+    st = None
+    try:
+        for send, want in steps:
+            if send:
+                os.write(fd, send)
+            if not read_until(want, deadline) and want is not None:
+                break
+        read_until(None, min(deadline, time.monotonic() + 5))
+    finally:
+        end = time.monotonic() + 10
+        while st is None and time.monotonic() < end:
+            wpid, status = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                st = status
+            else:
+                time.sleep(0.05)
+        if st is None:
+            os.kill(pid, 9)
+            _, st = os.waitpid(pid, 0)
+        os.close(fd)
+    return out, os.waitstatus_to_exitcode(st)
 
 
 # ------------------------------------------------------------------------------------------------

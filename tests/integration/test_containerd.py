@@ -9,8 +9,7 @@ import time
 import pytest
 
 from conftest import BUILD, need_root
-from clients import Containerd, busybox_rootfs
-from test_podman import drive_pty
+from clients import Containerd, busybox_rootfs, drive_pty
 
 CELLA = BUILD / "cella"
 RUNC = shutil.which("runc") or "/usr/sbin/runc"

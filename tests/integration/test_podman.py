@@ -5,15 +5,13 @@ container cgroups and their processes, runtime state); the module removes all po
 The configuration and what it works around on this host are explained in clients.py."""
 import json
 import os
-import pty
-import select
 import shutil
 import time
 
 import pytest
 
 from conftest import BUILD, need_root
-from clients import Podman, busybox_rootfs
+from clients import Podman, busybox_rootfs, drive_pty
 
 CELLA = BUILD / "cella"
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
@@ -112,59 +110,6 @@ def test_detached_exec_stop_rm(pm, rt):
     finally:
         ok(pm("rm", "-f", "-t", "0", name, runtime=r))
     assert not any(c["Id"] == cid for c in ps_json(pm, "-a"))
-
-
-def drive_pty(argv, env, steps, timeout=20):
-    """Runs argv on a new pty; for each (text to send, bytes to wait for) writes the text, then
-    reads until the bytes appear after the previous match. Returns (all output, exit status)."""
-    pid, fd = pty.fork()
-    if pid == 0:
-        try:
-            os.execvpe(argv[0], argv, env)
-        finally:
-            os._exit(127)
-    out = b""
-    pos = 0
-
-    def read_until(want, deadline):
-        nonlocal out, pos
-        while time.monotonic() < deadline:
-            if want is not None and want in out[pos:]:
-                pos = out.index(want, pos) + len(want)
-                return True
-            r, _, _ = select.select([fd], [], [], 0.1)
-            if r:
-                try:
-                    d = os.read(fd, 4096)
-                except OSError:  # EIO: the other side is closed
-                    return False
-                if not d:
-                    return False
-                out += d
-        return False
-
-    deadline = time.monotonic() + timeout
-    st = None
-    try:
-        for send, want in steps:
-            if send:
-                os.write(fd, send)
-            if not read_until(want, deadline) and want is not None:
-                break
-        read_until(None, min(deadline, time.monotonic() + 5))
-    finally:
-        end = time.monotonic() + 10
-        while st is None and time.monotonic() < end:
-            wpid, status = os.waitpid(pid, os.WNOHANG)
-            if wpid:
-                st = status
-            else:
-                time.sleep(0.05)
-        if st is None:
-            os.kill(pid, 9)
-            _, st = os.waitpid(pid, 0)
-        os.close(fd)
-    return out, os.waitstatus_to_exitcode(st)
 
 
 @pytest.mark.parametrize("rt", RUNTIMES)
