@@ -18,50 +18,62 @@ RUNS = 30
 
 BATCH = f"""
 cd /g
-V=/bin/cella-vmm
 sec() {{ echo; echo "=== $1"; }}
-# Each VMM gets 20 s; a hang shows up as rc=124 (busybox timeout) instead of a stuck sandbox.
-T="timeout 20"
+# cella-vmm with a 20 s watchdog: a hang prints the VMM's threads (state, wait channel), is
+# killed, and shows up as rc=124 instead of a stuck sandbox. Input comes from $VMM_IN (an
+# asynchronous command's stdin would be /dev/null).
+vmm() {{
+  /bin/cella-vmm "$@" <"${{VMM_IN:-/dev/null}}" & p=$!
+  i=0
+  while kill -0 $p 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+  if kill -0 $p 2>/dev/null; then
+    echo "HUNG: cella-vmm $*"
+    for t in /proc/$p/task/*; do echo "  $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)"; done
+    kill -9 $p; wait $p; return 124
+  fi
+  wait $p
+}}
 
 sec hello
-$T $V --kernel hello.bin --memory 1 </dev/null; echo rc=$?
+vmm --kernel hello.bin --memory 1 ; echo rc=$?
 
 sec reboot
-$T $V --kernel reboot.bin --memory 2 </dev/null; echo rc=$?
+vmm --kernel reboot.bin --memory 2 ; echo rc=$?
 
 sec triple-fault
-$T $V --kernel triple.bin </dev/null; echo rc=$?
+vmm --kernel triple.bin ; echo rc=$?
 
 sec mmio
-$T $V --kernel mmio.bin --debug-device </dev/null; echo rc=$?
+vmm --kernel mmio.bin --debug-device ; echo rc=$?
 
 sec bad-fetch
-$T $V --kernel badfetch.bin --memory 1 </dev/null; echo rc=$?
+vmm --kernel badfetch.bin --memory 1 ; echo rc=$?
 
 sec echo
-printf 'abc\\n' | $T $V --kernel echo.bin; echo rc=$?
+printf 'abc\\n' >/tmp/abc
+VMM_IN=/tmp/abc vmm --kernel echo.bin; echo rc=$?
 
 sec config
 echo '{{"kernel": "/g/hello.bin", "memory_mib": 2, "console": "/tmp/console.txt"}}' >/tmp/vm.json
-$T $V --config /tmp/vm.json --log-level warn </dev/null; echo rc=$?
+vmm --config /tmp/vm.json --log-level warn ; echo rc=$?
 echo console-file: $(cat /tmp/console.txt)
 
 sec console-none
-$T $V --kernel hello.bin --console none </dev/null; echo rc=$?
+vmm --kernel hello.bin --console none ; echo rc=$?
 
 sec sigterm-spin
-$T $V --kernel spin.bin --cpus 4 </dev/null & p=$!
+/bin/cella-vmm --kernel spin.bin --cpus 4 </dev/null & p=$!
 sleep 1; kill -TERM $p; wait $p; echo rc=$?
 
 sec sigint-halted
-$T $V --kernel halt.bin --cpus 2 </dev/null & p=$!
+/bin/cella-vmm --kernel halt.bin --cpus 2 </dev/null & p=$!
 sleep 1; kill -INT $p; wait $p; echo rc=$?
 
 for n in 2 4 8; do
   sec smp-$n
   ok=0; hung=0; other=""
   for i in $(seq {RUNS}); do
-    $T $V --kernel hello.bin --cpus $n --console none --log-level warn </dev/null
+    vmm --kernel hello.bin --cpus $n --console none --log-level warn
     r=$?
     if [ $r -eq 0 ]; then ok=$((ok+1)); elif [ $r -eq 124 ]; then hung=$((hung+1)); else other="$other $r"; fi
   done
@@ -72,7 +84,7 @@ done
 sec smp-stop-8
 ok=0
 for i in $(seq 10); do
-  $T $V --kernel spin.bin --cpus 8 --console none </dev/null 2>/dev/null & p=$!
+  /bin/cella-vmm --kernel spin.bin --cpus 8 --console none </dev/null 2>/dev/null & p=$!
   sleep 0.3; kill -TERM $p; wait $p; [ $? -eq 143 ] && ok=$((ok+1))
 done
 echo "stopped=$ok"
@@ -89,7 +101,9 @@ def sections(tmp_path_factory):
         pytest.skip("build/cella-vmm-static not built")
     d = tmp_path_factory.mktemp("guests")
     write_guests(str(d))
-    status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=900)
+    # The console streams to a file as it arrives, so a slow or stuck batch can be watched.
+    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-tiny.log"), "w") as log:
+        status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=900, stream=log)
     assert status == 0, output
     parts = {}
     for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
