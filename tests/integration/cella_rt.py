@@ -1,5 +1,6 @@
 """Helpers for the runtime integration tests: a private --root per test, busybox bundles, and a
 leak check (mounts, cgroups, state dir, processes) after every test."""
+import fcntl
 import json
 import os
 import re
@@ -113,13 +114,28 @@ class Runtime:
         fn(cfg)
         (bundle / "config.json").write_text(json.dumps(cfg, indent=1))
 
-    def cmd(self, *args, timeout=60, stdin=subprocess.DEVNULL, pass_fds=(), env=None, global_args=()):
-        """Runs cella with stdout/stderr in files (a created container inherits them)."""
+    def cmd(self, *args, timeout=60, stdin=subprocess.DEVNULL, pass_fds=(), fd_map=None, env=None,
+            global_args=()):
+        """Runs cella with stdout/stderr in files (a created container inherits them).
+
+        fd_map {child_fd: our_fd} places fds at fixed numbers in the child only: pytest's own
+        capture fds live at low numbers in this process and must not be clobbered."""
         self.n += 1
         outp, errp = self.tmp / f"out.{self.n}", self.tmp / f"err.{self.n}"
+        preexec = None
+        if fd_map:
+            pass_fds = tuple(pass_fds) + tuple(fd_map)
+
+            def preexec():
+                # Move the sources out of the way first so no target overwrites a source.
+                high = {dst: fcntl.fcntl(src, fcntl.F_DUPFD, 100) for dst, src in fd_map.items()}
+                for dst, src in high.items():
+                    os.dup2(src, dst)
+                    os.close(src)
         with open(outp, "w") as o, open(errp, "w") as e:
             p = subprocess.run([str(CELLA), "--root", str(self.root), *global_args, *map(str, args)],
-                               stdin=stdin, stdout=o, stderr=e, timeout=timeout, pass_fds=pass_fds, env=env)
+                               stdin=stdin, stdout=o, stderr=e, timeout=timeout, pass_fds=pass_fds,
+                               preexec_fn=preexec, env=env)
         return Result(p.returncode, outp.read_text(), errp.read_text())
 
     def ok(self, *args, **kw):

@@ -235,22 +235,19 @@ def test_exec_preserve_fds_and_additional_gids(rt):
     rfd, wfd = os.pipe()
     os.write(wfd, b"through fd 3\n")
     os.close(wfd)
-    if rfd != 3:
-        os.dup2(rfd, 3)
-        os.close(rfd)
     try:
         r = rt.cmd("exec", "--preserve-fds", "1", cid, "sh", "-c", "cat <&3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
-                   pass_fds=(3,))
+                   fd_map={3: rfd})
         assert r.returncode == 0, r
         assert r.stdout.startswith("through fd 3\n"), r
         # Only stdio, fd 3 and the fd ls itself opens.
         fds = [int(x) for x in r.stdout.splitlines()[1].split()]
         assert set(fds) <= {0, 1, 2, 3, 4}, fds
         # Without --preserve-fds nothing beyond stdio survives.
-        r = rt.cmd("exec", cid, "sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '", pass_fds=(3,))
+        r = rt.cmd("exec", cid, "sh", "-c", "ls /proc/self/fd | sort -n | tr '\\n' ' '", fd_map={3: rfd})
         assert set(int(x) for x in r.stdout.split()) <= {0, 1, 2, 3}, r  # 3 = ls's own directory fd
     finally:
-        os.close(3)
+        os.close(rfd)
     r = rt.cmd("exec", "--user", "1000:1000", "--additional-gids", "10", "-g", "20", cid, "id", "-G")
     assert r.returncode == 0 and sorted(r.stdout.split()) == ["10", "1000", "20"], r
     rt.ok("delete", "-f", cid)

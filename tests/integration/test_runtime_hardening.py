@@ -79,16 +79,11 @@ def test_preserved_fds_pass(rt):
         os.set_inheritable(f, True)
     try:
         # --preserve-fds 2 keeps fds 3 and 4: give cella exactly those.
-        os.dup2(fds[0], 3)
-        os.dup2(fds[1], 4)
         r = rt.cmd("run", "--preserve-fds", "2", "--bundle", rt.bundle(["sh", "-c", "ls /proc/$$/fd; true"]), rt.new_id(),
-                   pass_fds=(3, 4))
+                   fd_map={3: fds[0], 4: fds[1]})
     finally:
-        for f in fds + [3, 4]:
-            try:
-                os.close(f)
-            except OSError:
-                pass
+        for f in fds:
+            os.close(f)
     assert r.returncode == 0, r
     assert sorted(r.stdout.split()) == ["0", "1", "2", "3", "4"], r
 
