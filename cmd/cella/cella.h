@@ -26,6 +26,10 @@ struct opt {
  * or -2 on error (err filled). Options and positionals may interleave; "--" ends options. */
 int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char **val, struct cella_err *err);
 
+/* The front end of verbs that take exactly one container id and no options: *id = argv's one
+ * positional argument. */
+int opt_one_id(int argc, char **argv, const char **id, struct cella_err *err);
+
 /* Parses an unsigned count. */
 int opt_uint(const char *name, const char *val, unsigned *out, struct cella_err *err);
 

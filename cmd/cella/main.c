@@ -102,6 +102,23 @@ int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char *
 	return -2;
 }
 
+int opt_one_id(int argc, char **argv, const char **id, struct cella_err *err)
+{
+	const char *val;
+	int i = 1, k;
+	*id = NULL;
+	while ((k = opt_next(argc, argv, &i, NULL, &val, err)) != -1) {
+		if (k == -2)
+			return -EINVAL;
+		if (*id)
+			return cella_err_set(err, EINVAL, "%s: unexpected argument \"%s\"", argv[0], val);
+		*id = val;
+	}
+	if (!*id)
+		return cella_err_set(err, EINVAL, "%s: container id cannot be empty", argv[0]);
+	return 0;
+}
+
 int print_json(json_t *j, bool indent, struct cella_err *err)
 {
 	char *s = json_dumps(j, indent ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -7,6 +7,7 @@
 #include "runtime/cgroup_internal.h"
 #include "runtime/config.h"
 #include "tap.h"
+#include "cgtest.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -18,48 +19,6 @@
 static char base_dir[] = "/tmp/cella-cgtest-XXXXXX";
 
 /* ---------- fake tree helpers ---------- */
-
-static char *pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *pathf(const char *fmt, ...)
-{
-	static char bufs[8][1024];
-	static int k;
-	char *b = bufs[k++ % 8];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(b, 1024, fmt, ap);
-	va_end(ap);
-	return b;
-}
-
-static void put(const char *dir, const char *file, const char *content)
-{
-	_cleanup_free_ char *p = cella_path_join(dir, file);
-	cella_write_file(p, content, strlen(content), 0644, NULL);
-}
-
-/* The content of dir/file with the trailing newline trimmed ("" if empty, NULL if missing). */
-static char *get(const char *dir, const char *file)
-{
-	static char buf[4][8192];
-	static int k;
-	char *b = buf[k++ % 4];
-	_cleanup_free_ char *p = cella_path_join(dir, file);
-	_cleanup_free_ char *s = NULL;
-	if (cella_read_file(p, sizeof(buf[0]) - 1, &s, NULL, NULL) < 0)
-		return NULL;
-	size_t n = strlen(s);
-	while (n && s[n - 1] == '\n')
-		s[--n] = '\0';
-	memcpy(b, s, n + 1);
-	return b;
-}
-
-static bool exists(const char *p)
-{
-	struct stat st;
-	return stat(p, &st) == 0;
-}
 
 struct fake_ctl {
 	const char *dir;   /* under cg/ */

@@ -8,6 +8,7 @@
 #include "runtime/cgroup_internal.h"
 #include "runtime/config.h"
 #include "tap.h"
+#include "cgtest.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,31 +17,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-static char *readf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *readf(const char *fmt, ...)
-{
-	static char out[4][8192];
-	static int k;
-	char path[1024], *b = out[k++ % 4];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(path, sizeof(path), fmt, ap);
-	va_end(ap);
-	_cleanup_free_ char *s = NULL;
-	if (cella_read_file(path, sizeof(out[0]) - 1, &s, NULL, NULL) < 0)
-		return NULL;
-	size_t n = strlen(s);
-	while (n && s[n - 1] == '\n')
-		s[--n] = '\0';
-	memcpy(b, s, n + 1);
-	return b;
-}
-
-static bool exists(const char *p)
-{
-	struct stat st;
-	return stat(p, &st) == 0;
-}
+/* The trimmed content of the file the format names. */
+#define readf(...) read_trimmed(pathf(__VA_ARGS__))
 
 static pid_t spawn_sleeper(void)
 {
@@ -50,18 +28,6 @@ static pid_t spawn_sleeper(void)
 			pause();
 	}
 	return pid;
-}
-
-static bool has_line(const char *text, const char *line)
-{
-	size_t n = strlen(line);
-	for (const char *p = text; p && *p;) {
-		if (strncmp(p, line, n) == 0 && (p[n] == '\n' || p[n] == '\0'))
-			return true;
-		p = strchr(p, '\n');
-		p = p ? p + 1 : NULL;
-	}
-	return false;
 }
 
 static void test_lifecycle(struct cgroup_manager *mgr)
