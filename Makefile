@@ -39,7 +39,7 @@ progs += $(if $(vmm_cmd_src),$(O)/cella-vmm-static) $(if $(init_src),$(O)/cella-
 endif
 unit_bins := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(unit_src))
 
-.PHONY: all asan test bench clean check-layers unit
+.PHONY: all asan test bench clean check-layers unit fuzz
 all: check-layers $(progs) $(unit_bins)
 
 asan:
@@ -82,6 +82,17 @@ check-layers:
 	if [ -n "$$bad" ]; then echo "layering violation in: $$bad" >&2; exit 1; fi
 
 unit: all
+
+# libFuzzer targets (clang, ASan+UBSan); each links the few sources it exercises.
+# Long runs: build/fuzz/fuzz_virtqueue -runs=10000000 tests/fuzz/corpus/virtqueue
+FUZZ_CC ?= clang
+fuzz_src := $(wildcard tests/fuzz/*.c)
+fuzz_bins := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(fuzz_src))
+fuzz: $(fuzz_bins)
+build/fuzz/fuzz_virtqueue: tests/fuzz/fuzz_virtqueue.c vmm/virtio/queue.c base/err.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -I. -D_GNU_SOURCE -std=gnu11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all -o $@ $^
 
 test:
 	tests/run
