@@ -53,7 +53,7 @@ int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cell
 
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err)
 {
-	static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", NULL };
+	static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", NULL };
 	_cleanup_json_ json_t *j = NULL;
 	int r = cj_load_file(path, path, CONFIG_MAX_BYTES, &j, err);
 	if (r < 0)
@@ -61,6 +61,7 @@ int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_
 	const char *s;
 	uint32_t cpus;
 	uint64_t mib;
+	bool b;
 	if ((r = cj_expect_object(j, "config", err)) < 0 || (r = cj_reject_unknown(j, "", known, err)) < 0)
 		goto fail;
 	if ((r = cj_get_string(j, "", "kernel", false, &s, err)) < 0 || (r > 0 && (r = replace(&cfg->kernel, s, err)) < 0))
@@ -81,6 +82,10 @@ int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_
 		goto fail;
 	if (r > 0)
 		cfg->memory_mib = mib;
+	if ((r = cj_get_bool(j, "", "rng", false, &b, err)) < 0)
+		goto fail;
+	if (r > 0)
+		cfg->rng = b;
 	return 0;
 fail:
 	return cella_err_wrap(err, "%s", path);

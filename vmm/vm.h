@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "vmm/bus.h"
+#include "vmm/virtio/mmio.h"
 #include "vmm/hw/hw.h"
 #include "vmm/vmm.h"
 
@@ -49,6 +50,8 @@ struct vm {
 	struct boot_timer *boot_timer;
 	struct legacy *legacy;
 	struct debug_device *debug_device;
+	struct vq_mem gmem;        /* guest RAM as virtio queues see it */
+	struct virtio_mmio *rng;   /* --rng */
 
 	uint64_t start_ns;
 	int wake_fd;            /* eventfd: the VMM thread's event loop wakes on it */

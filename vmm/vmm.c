@@ -133,6 +133,27 @@ out:
 	return r;
 }
 
+/* virtio-rng on the MMIO bus; its queues see guest RAM as the two KVM slots map it. */
+static int add_rng(struct vm *vm, struct cella_err *err)
+{
+	uint64_t low = vm->ram_size < X86_MMIO_GAP_START ? vm->ram_size : X86_MMIO_GAP_START;
+	vm->gmem = (struct vq_mem){ .r = { { .gpa = 0, .size = low, .host = vm->ram } }, .n = 1 };
+	if (vm->ram_size > low)
+		vm->gmem.r[vm->gmem.n++] = (struct vq_mem_region){ .gpa = X86_MMIO_GAP_END, .size = vm->ram_size - low,
+								   .host = vm->ram + low };
+	vm->rng = calloc(1, sizeof(*vm->rng));
+	if (!vm->rng)
+		return cella_err_set(err, ENOMEM, "virtio-rng: out of memory");
+	int r = virtio_mmio_init(vm->rng, &virtio_rng_ops, NULL, &vm->host, VMM_VIRTIO_RNG_IRQ, &vm->gmem, err);
+	if (r < 0) {
+		free(vm->rng);
+		vm->rng = NULL;
+		return r;
+	}
+	return bus_register(&vm->mmio, VMM_VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, &virtio_mmio_ops, vm->rng,
+			    "virtio-rng", err);
+}
+
 static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, struct cella_err *err)
 {
 	int r;
@@ -162,6 +183,8 @@ static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, 
 			return r;
 	if ((r = legacy_register(vm->legacy, &vm->pio, err)) < 0)
 		return r;
+	if (cfg->rng && (r = add_rng(vm, err)) < 0)
+		return r;
 	if (cfg->debug_device) {
 		if ((r = debug_device_new(&vm->debug_device, err)) < 0 ||
 		    (r = bus_register(&vm->mmio, VMM_DEBUG_DEVICE_ADDR, DEBUG_DEVICE_LEN, &debug_device_ops,
@@ -179,6 +202,11 @@ static void free_devices(struct vm *vm)
 	boot_timer_free(vm->boot_timer);
 	legacy_free(vm->legacy);
 	debug_device_free(vm->debug_device);
+	if (vm->rng) {
+		virtio_mmio_destroy(vm->rng);
+		free(vm->rng);
+	}
+	vm->rng = NULL;
 	vm->serial = NULL;
 	vm->i8042 = NULL;
 	vm->acpi_pm = NULL;

@@ -19,6 +19,9 @@ struct cella_err;
 #define VMM_DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=1"
 #define VMM_MAX_KERNEL_BYTES (512ull << 20)
 #define VMM_DEBUG_DEVICE_ADDR 0xd0000000ull /* --debug-device: a test-only MMIO scratch register */
+/* virtio-mmio devices: 0x200 bytes each from here, on ISA IRQ 5 (free: COM1 is 4, i8042 1/12, SCI 9). */
+#define VMM_VIRTIO_MMIO_BASE 0xd0001000ull
+#define VMM_VIRTIO_RNG_IRQ 5
 
 enum vmm_console {
 	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
@@ -36,6 +39,7 @@ struct vmm_config {
 	char *console_path; /* VMM_CONSOLE_FILE */
 	char *kvm_device;   /* NULL = /dev/kvm */
 	bool debug_device;  /* test-only MMIO device at VMM_DEBUG_DEVICE_ADDR */
+	bool rng;           /* virtio-rng at VMM_VIRTIO_MMIO_BASE */
 };
 
 void vmm_config_init(struct vmm_config *cfg);
@@ -44,7 +48,7 @@ void vmm_config_free(struct vmm_config *cfg);
 /* "stdio", "none" or a file path. */
 int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
-/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console"}) over cfg:
+/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng"}) over cfg:
  * fields present replace cfg's values. Unknown fields are errors naming the field. */
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
 

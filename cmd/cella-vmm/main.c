@@ -27,10 +27,12 @@ static const char usage[] =
 	"  --cpus N             vCPUs, 1..32 (default 1)\n"
 	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
 	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
-	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console}; flags override\n"
+	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng}; flags override\n"
 	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
 	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
+	"  --rng                virtio-rng (entropy from the host's getrandom) on virtio-mmio at 0xd0001000,\n"
+	"                       IRQ 5; JSON: \"rng\": true\n"
 	"  -h, --help           this text\n"
 	"\n"
 	"Exit status: 0 guest poweroff or reboot, 1 bad input or no usable KVM, 2 VM failure,\n"
@@ -47,6 +49,7 @@ enum {
 	OPT_LOG_LEVEL,
 	OPT_KVM_DEVICE,
 	OPT_DEBUG_DEVICE,
+	OPT_RNG,
 };
 
 static const struct option options[] = {
@@ -60,6 +63,7 @@ static const struct option options[] = {
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
 	{ "kvm-device", required_argument, NULL, OPT_KVM_DEVICE },
 	{ "debug-device", no_argument, NULL, OPT_DEBUG_DEVICE },
+	{ "rng", no_argument, NULL, OPT_RNG },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -148,6 +152,7 @@ int main(int argc, char **argv)
 		case 'v': level = CELLA_LOG_DEBUG; break;
 		case OPT_KVM_DEVICE: r = set_string(&flags.kvm_device, optarg); break;
 		case OPT_DEBUG_DEVICE: flags.debug_device = true; break;
+		case OPT_RNG: flags.rng = true; break;
 		case 'h':
 			fputs(usage, stdout);
 			status = 0;
@@ -186,6 +191,8 @@ int main(int argc, char **argv)
 	if (have_memory)
 		cfg.memory_mib = flags.memory_mib;
 	cfg.debug_device = flags.debug_device;
+	if (flags.rng)
+		cfg.rng = true;
 	if (console && vmm_config_set_console(&cfg, console, &err) < 0) {
 		status = fail("%s", err.msg);
 		goto out;
