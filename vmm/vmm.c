@@ -119,9 +119,11 @@ static int load_guest(struct vm *vm, const struct vmm_config *cfg, struct x86_bo
 	};
 	r = x86_load_kernel(&gm, &params, entry, err);
 	if (r == 0 && kind != X86_KERNEL_FLAT) {
+		/* virtio-mmio devices are found through the DSDT (Debian's kernel lacks the cmdline option) */
+		struct x86_acpi_dev rng = { VMM_VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VMM_VIRTIO_RNG_IRQ };
 		r = x86_write_mptable(&gm, cfg->cpus, err);
 		if (r == 0)
-			r = x86_write_acpi(&gm, cfg->cpus, err);
+			r = x86_write_acpi_devs(&gm, cfg->cpus, &rng, cfg->rng ? 1 : 0, err);
 	}
 	if (r == 0)
 		log_debug("kernel %s loaded as %s; entry mode %d at 0x%" PRIx64, cfg->kernel,

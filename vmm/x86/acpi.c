@@ -98,6 +98,66 @@ static size_t aml_s5(uint8_t *p)
 	return n;
 }
 
+/* PkgLength (one byte up to 63, else two) in front of body_len bytes: returns its size. */
+static size_t aml_pkglen(uint8_t *p, size_t body_len)
+{
+	if (body_len + 1 <= 63) {
+		p[0] = (uint8_t)(body_len + 1);
+		return 1;
+	}
+	size_t len = body_len + 2;
+	p[0] = (uint8_t)(0x40 | (len & 0xf));
+	p[1] = (uint8_t)(len >> 4);
+	return 2;
+}
+
+/* Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt (edge, high) } }: how
+ * the kernel's virtio_mmio driver finds a virtio-mmio device through ACPI. Returns bytes written. */
+static size_t aml_virtio_dev(uint8_t *p, unsigned uid, const struct x86_acpi_dev *d)
+{
+	uint8_t body[64];
+	size_t n = 0;
+	body[n++] = 'V';
+	body[n++] = 'R';
+	body[n++] = (uint8_t)('0' + uid / 10);
+	body[n++] = (uint8_t)('0' + uid % 10);
+	body[n++] = 0x08; /* NameOp _HID */
+	memcpy(body + n, "_HID\x0dLNRO0005", 13); /* NameSeg, StringPrefix, text */
+	n += 13;
+	body[n++] = 0x00;
+	body[n++] = 0x08; /* NameOp _UID */
+	memcpy(body + n, "_UID", 4);
+	n += 4;
+	body[n++] = 0x0a;
+	body[n++] = (uint8_t)uid;
+	body[n++] = 0x08; /* NameOp _CRS, BufferOp */
+	memcpy(body + n, "_CRS", 4);
+	n += 4;
+	uint8_t res[23] = { 0x86, 0x09, 0x00, 0x01 }; /* Memory32Fixed, read-write */
+	put_le32(res + 4, (uint32_t)d->addr);
+	put_le32(res + 8, d->len);
+	res[12] = 0x89; /* Extended Interrupt: length 6, consumer | edge, active high, exclusive */
+	res[13] = 6;
+	res[14] = 0;
+	res[15] = 0x03;
+	res[16] = 1;
+	put_le32(res + 17, d->irq);
+	res[21] = 0x79; /* End tag */
+	res[22] = 0;
+	body[n++] = 0x11;
+	n += aml_pkglen(body + n, 2 + sizeof(res));
+	body[n++] = 0x0a;
+	body[n++] = sizeof(res);
+	memcpy(body + n, res, sizeof(res));
+	n += sizeof(res);
+	size_t m = 0;
+	p[m++] = 0x5b; /* DeviceOp */
+	p[m++] = 0x82;
+	m += aml_pkglen(p + m, n);
+	memcpy(p + m, body, n);
+	return m + n;
+}
+
 static uint64_t align_up(uint64_t v, uint64_t a)
 {
 	return (v + a - 1) & ~(a - 1);
@@ -105,6 +165,14 @@ static uint64_t align_up(uint64_t v, uint64_t a)
 
 int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err)
 {
+	return x86_write_acpi_devs(mem, ncpus, NULL, 0, err);
+}
+
+int x86_write_acpi_devs(const struct x86_guest_mem *mem, unsigned ncpus, const struct x86_acpi_dev *devs,
+			unsigned ndevs, struct cella_err *err)
+{
+	if (ndevs > X86_ACPI_MAX_DEVS)
+		return cella_err_set(err, EINVAL, "acpi: %u devices (at most %d)", ndevs, X86_ACPI_MAX_DEVS);
 	if (ncpus < 1 || ncpus > X86_TABLES_MAX_CPUS)
 		return cella_err_set(err, EINVAL, "acpi: %u vCPUs (supported: 1..%u)", ncpus, X86_TABLES_MAX_CPUS);
 	uint8_t *area = x86_guest_ptr(mem, X86_ACPI_ADDR, ACPI_AREA_SIZE);
@@ -120,8 +188,21 @@ int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella
 	uint64_t facs = align_up(xsdt + xsdt_len, 64);
 	uint64_t fadt = align_up(facs + FACS_SIZE, 16);
 	uint64_t dsdt = align_up(fadt + FADT_SIZE, 16);
-	uint8_t aml[32];
+	uint8_t aml[32 + 8 + X86_ACPI_MAX_DEVS * 64];
 	size_t aml_len = aml_s5(aml);
+	if (ndevs) {
+		/* Scope (\_SB) { devices } */
+		uint8_t sb[X86_ACPI_MAX_DEVS * 64 + 8];
+		size_t sn = 0;
+		memcpy(sb, "\\_SB_", 5);
+		sn = 5;
+		for (unsigned i = 0; i < ndevs; i++)
+			sn += aml_virtio_dev(sb + sn, i, &devs[i]);
+		aml[aml_len++] = 0x10; /* ScopeOp */
+		aml_len += aml_pkglen(aml + aml_len, sn);
+		memcpy(aml + aml_len, sb, sn);
+		aml_len += sn;
+	}
 	uint64_t dsdt_len = HDR_SIZE + aml_len;
 	uint64_t madt = align_up(dsdt + dsdt_len, 16);
 	uint64_t madt_len = HDR_SIZE + 8 + ncpus * 8 + 12 + 10 + 6;

@@ -90,3 +90,11 @@ int x86_load_kernel(const struct x86_guest_mem *mem, const struct x86_boot_param
 #define X86_TABLES_MAX_CPUS 32 /* the MP table must fit in the 1 KiB EBDA */
 int x86_write_mptable(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
 int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
+/* The same with virtio-mmio devices in the DSDT (\_SB.VRnn, _HID LNRO0005, memory + edge IRQ). */
+#define X86_ACPI_MAX_DEVS 8
+struct x86_acpi_dev {
+	uint64_t addr;
+	uint32_t len, irq;
+};
+int x86_write_acpi_devs(const struct x86_guest_mem *mem, unsigned ncpus, const struct x86_acpi_dev *devs,
+			unsigned ndevs, struct cella_err *err);
