@@ -1,0 +1,205 @@
+#!/usr/bin/python3
+"""Density benchmark (issue 4): how many `sleep 3600` containers each runtime starts serially
+with `RUNTIME run -d` in D seconds (30), the host memory each costs, and the time to
+`delete -f` them all. cella (build/cella) vs runc vs crun, one runtime after the other, same
+bundle, same config, same cgroup view (bench/runtime.py's pure-v1 private mount namespace: Debian's
+crun 1.8.1 refuses this hybrid host).
+
+Memory per container = (MemAvailable before the round - MemAvailable with all its containers
+running) / count. MemAvailable counts everything the host lost: the sleeps' private pages and
+page tables, the kernel objects of each container (namespaces, mounts, the /dev tmpfs, cgroups,
+task structs, slab) and anything a runtime leaves running beside the container (runc and crun
+leave nothing; neither does cella). It is a whole-host figure, so other load on the host in the
+same 30 s shows up in it: the slab and page-table deltas are printed beside it as a check.
+
+Every round is cleaned up even on Ctrl-C or an error: delete -f of every container it started,
+its --root state dir removed, and a leak check (cgroups, mounts) after.
+
+Usage: bench/density.py [-d SECONDS] [-m MAX]   (root; prints a table on stdout)
+"""
+import argparse
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import runtime as rtb  # noqa: E402  (bundle, runtimes, v1 view, cgroup listing)
+
+ID_PREFIX = "cdens"
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for l in f:
+            k, v = l.split(":", 1)
+            out[k] = int(v.split()[0])  # kB
+    return out
+
+
+def capacity(maxn):
+    """How many containers the host lets us start (each is one sleep process plus the runtime's
+    short-lived ones): pid_max, threads-max and our pids cgroup, with headroom; and MAX."""
+    limits = [maxn]
+    with open("/proc/sys/kernel/pid_max") as f:
+        limits.append(int(f.read()) // 2)
+    with open("/proc/sys/kernel/threads-max") as f:
+        limits.append(int(f.read()) // 2)
+    with open("/proc/self/cgroup") as f:
+        for l in f:
+            _, ctl, path = l.rstrip("\n").split(":", 2)
+            if "pids" in ctl.split(","):
+                try:
+                    with open(f"/sys/fs/cgroup/pids{path}/pids.max") as g:
+                        v = g.read().strip()
+                    if v != "max":
+                        limits.append(int(v) // 2)
+                except OSError:
+                    pass
+    return min(limits)
+
+
+def make_sleep_bundle(rootfs):
+    bundle = rtb.make_bundle(rootfs)
+    dens = os.path.join(rtb.WORK, "density-bundle")
+    os.makedirs(dens, exist_ok=True)
+    import json
+    with open(os.path.join(bundle, "config.json")) as f:
+        cfg = json.load(f)
+    cfg["process"]["args"] = ["/bin/sleep", "3600"]
+    with open(os.path.join(dens, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return dens
+
+
+def round_(name, argv0, bundle, duration, cap):
+    """One runtime's round. Returns a dict of figures (count, rate, kib_each, teardown_ms_each,
+    error) after cleaning up."""
+    root = tempfile.mkdtemp(prefix=f"{ID_PREFIX}-{name}-root-", dir="/run")
+    started = []
+    res = {"count": 0, "error": None}
+    errf = os.path.join(rtb.WORK, f"density-{name}.err")
+    cg_before = rtb.cgroup_dirs()
+    m0 = meminfo()
+    try:
+        t0 = time.monotonic()
+        while len(started) < cap and time.monotonic() - t0 < duration:
+            cid = f"{ID_PREFIX}-{name}-{len(started)}"
+            started.append(cid)  # before run: an interrupted run -d may leave it half-created
+            # stderr to a file: the detached container inherits the runtime's stdio, so a pipe
+            # would never see EOF.
+            with open(errf, "w+") as e:
+                rc = subprocess.run([argv0, "--root", root, "run", "-d", "--bundle", bundle, cid],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e).returncode
+                if rc != 0:
+                    e.seek(0)
+                    res["error"] = f"run -d #{len(started)} exited {rc}: {e.read().strip()[-200:]}"
+                    break
+        if res["error"]:
+            subprocess.run([argv0, "--root", root, "delete", "-f", started.pop()], capture_output=True)
+        elapsed = time.monotonic() - t0
+        res["count"] = len(started)
+        res["rate"] = len(started) / elapsed if elapsed else 0
+        time.sleep(1)  # let the runtimes' exiting processes go before reading memory
+        m1 = meminfo()
+        n = max(1, len(started))
+        res["kib_each"] = (m0["MemAvailable"] - m1["MemAvailable"]) / n
+        res["slab_kib_each"] = (m1["Slab"] - m0["Slab"]) / n
+        res["pt_kib_each"] = (m1["PageTables"] - m0["PageTables"]) / n
+        t1 = time.monotonic()
+        while started:
+            cid = started[-1]
+            subprocess.run([argv0, "--root", root, "delete", "-f", cid],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started.pop()
+        res["teardown_ms_each"] = (time.monotonic() - t1) * 1000 / n
+    finally:
+        # Ctrl-C or an error mid-round: what is still running goes now.
+        for cid in started:
+            subprocess.run([argv0, "--root", root, "delete", "-f", cid], capture_output=True)
+        leaks = []
+        left = [e for e in os.listdir(root) if not e.startswith(".")] if os.path.isdir(root) else []
+        if left:
+            leaks.append(f"state under {root}: {left[:3]} ({len(left)})")
+        shutil.rmtree(root, ignore_errors=True)
+        leaks += [f"cgroup {p}" for p in sorted(rtb.cgroup_dirs() - cg_before) if ID_PREFIX in p]
+        with open("/proc/self/mountinfo") as f:
+            leaks += [f"mount {l.split()[4]}" for l in f if ID_PREFIX in l]
+        for l in leaks:
+            log(f"LEAK ({name}): {l}")
+        if not leaks:
+            log(f"cleanup ({name}): no containers, state dirs, cgroups or mounts left behind")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-d", type=float, default=30, help="seconds of `run -d` per runtime (30)")
+    ap.add_argument("-m", type=int, default=10000, help="at most this many containers per runtime")
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        log("skip density bench: needs root")
+        return 0
+    os.makedirs(rtb.WORK, exist_ok=True)
+    if not args.inner:
+        # The pure-v1 view lives in a private mount namespace: run ourselves inside one. The
+        # child gets Ctrl-C too and cleans up; we wait for it rather than kill it.
+        p = subprocess.Popen(["unshare", "-m", "--propagation", "private", sys.executable,
+                              os.path.abspath(__file__), "--inner", "-d", str(args.d), "-m", str(args.m)])
+        while True:
+            try:
+                return p.wait()
+            except KeyboardInterrupt:
+                continue
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rtb.make_v1_view()
+    rootfs, origin = rtb.make_rootfs()
+    bundle = make_sleep_bundle(rootfs)
+    cap = capacity(args.m)
+    log(f"bundle: {bundle} (rootfs from {origin}); runc spec default, args /bin/sleep 3600, "
+        f"namespaces pid/net/ipc/uts/mount; pure-v1 cgroup view (as bench/runtime.py)")
+    log(f"method: `run -d` serially for {args.d:g} s (at most {cap}: pid/thread limits halved), "
+        "memory = MemAvailable drop / count, then `delete -f` of each; one runtime after the other")
+    results = {}
+    for name, argv0 in rtb.runtimes():
+        log(f"round {name}: {argv0}")
+        results[name] = round_(name, argv0, bundle, args.d, cap)
+        if results[name]["error"]:
+            log(f"  stopped early: {results[name]['error']}")
+    log("")
+    log(f"density: `run -d` of sleep 3600 for {args.d:g} s, then `delete -f` of each")
+    log(f"  {'runtime':<8} {'started':>8} {'per s':>7} {'MiB each':>9} {'(slab KiB':>9} {'ptab KiB)':>9} "
+        f"{'teardown ms each':>17}")
+    for name, r in results.items():
+        if "kib_each" not in r:
+            log(f"  {name:<8} {r['count']:8d}  (interrupted)")
+            continue
+        log(f"  {name:<8} {r['count']:8d} {r['rate']:7.1f} {r['kib_each'] / 1024:9.2f} {r['slab_kib_each']:9.1f} "
+            f"{r['pt_kib_each']:9.1f} {r['teardown_ms_each']:17.2f}")
+    c = results.get("cella")
+    for peer in ("crun", "runc"):
+        p = results.get(peer)
+        if not c or not p or "kib_each" not in c or "kib_each" not in p or not p["count"]:
+            continue
+        cnt = c["count"] / p["count"]
+        mem = c["kib_each"] / p["kib_each"] if p["kib_each"] > 0 else float("nan")
+        td = c["teardown_ms_each"] / p["teardown_ms_each"] if p["teardown_ms_each"] else float("nan")
+        verdict = ""
+        if peer == "crun":
+            ok = cnt >= 1.2 and td < 1.0
+            verdict = f"  [target >= 1.20x count, teardown < 1.00x: {'MET' if ok else 'NOT MET'}]"
+        log(f"  cella/{peer}: count {cnt:.2f}x, memory {mem:.2f}x, teardown {td:.2f}x{verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
