@@ -558,111 +558,6 @@ int container_start(const struct cella_runtime *rt, const char *id, struct cella
 	return r;
 }
 
-/* Foreground run with a terminal and no --console-socket: we hold the pty master and copy
- * between it and our own stdio (raw mode if stdin is a terminal), as runc does. */
-struct tty_proxy {
-	int master;
-	bool raw;
-	struct termios saved;
-	bool stdin_open;
-};
-
-static void proxy_winsize(struct tty_proxy *t)
-{
-	struct winsize ws;
-	if (t->master >= 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
-		ioctl(t->master, TIOCSWINSZ, &ws);
-}
-
-static void proxy_start(struct tty_proxy *t, int master)
-{
-	t->master = master;
-	t->stdin_open = true;
-	if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &t->saved) == 0) {
-		struct termios raw = t->saved;
-		cfmakeraw(&raw);
-		t->raw = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
-		proxy_winsize(t);
-	}
-}
-
-/* Copies what is available from in to out; false on EOF/error of in. */
-static bool proxy_copy(int in, int out)
-{
-	char buf[8192];
-	ssize_t n = read(in, buf, sizeof(buf));
-	if (n <= 0)
-		return n < 0 && (errno == EAGAIN || errno == EINTR);
-	cella_write_all(out, buf, (size_t)n); /* a closed stdout must not stop the copy loop */
-	return true;
-}
-
-static void proxy_stop(struct tty_proxy *t)
-{
-	if (t->master >= 0) {
-		/* Drain what the process wrote before it exited. */
-		int fl = fcntl(t->master, F_GETFL);
-		fcntl(t->master, F_SETFL, fl | O_NONBLOCK);
-		while (proxy_copy(t->master, STDOUT_FILENO)) {
-			struct pollfd p = { .fd = t->master, .events = POLLIN };
-			if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
-				break;
-		}
-		close(t->master);
-		t->master = -1;
-	}
-	if (t->raw)
-		tcsetattr(STDIN_FILENO, TCSANOW, &t->saved);
-	t->raw = false;
-}
-
-static int wait_status_code(int status)
-{
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return 255;
-}
-
-/* Waits for init, forwarding signals (and copying the terminal); returns its exit status. */
-static int wait_init(pid_t init, int sigfd, struct tty_proxy *t)
-{
-	for (;;) {
-		struct pollfd pf[3] = {
-			{ .fd = sigfd, .events = POLLIN },
-			{ .fd = t->master >= 0 && t->stdin_open ? STDIN_FILENO : -1, .events = POLLIN },
-			{ .fd = t->master, .events = POLLIN },
-		};
-		if (poll(pf, 3, -1) < 0 && errno != EINTR)
-			return 255;
-		if (pf[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-			if (!proxy_copy(STDIN_FILENO, t->master))
-				t->stdin_open = false;
-		}
-		if (pf[2].revents & POLLIN)
-			proxy_copy(t->master, STDOUT_FILENO);
-		if (!(pf[0].revents & POLLIN))
-			continue;
-		struct signalfd_siginfo si;
-		if (read(sigfd, &si, sizeof(si)) != sizeof(si))
-			continue;
-		if (si.ssi_signo == SIGCHLD) {
-			int status, code = -1;
-			pid_t p;
-			while ((p = waitpid(-1, &status, WNOHANG)) > 0)
-				if (p == init)
-					code = wait_status_code(status);
-			if (code >= 0)
-				return code;
-		} else if (si.ssi_signo == SIGWINCH && t->master >= 0) {
-			proxy_winsize(t);
-		} else {
-			kill(init, (int)si.ssi_signo);
-		}
-	}
-}
-
 int container_run(const struct cella_runtime *rt, const struct container_create_opts *opts, bool detach,
 		  bool keep, int *exit_status, struct cella_err *err)
 {
@@ -708,7 +603,7 @@ int container_run(const struct cella_runtime *rt, const struct container_create_
 				struct cella_err e = { 0 };
 				int m = terminal_recv_fd(sp[0], &e);
 				if (m >= 0)
-					proxy_start(&tty, m);
+					tty_proxy_start(&tty, m);
 			}
 		}
 		r = start_state(st, err);
@@ -716,9 +611,9 @@ int container_run(const struct cella_runtime *rt, const struct container_create_
 			hooks_run_saved(st, HOOK_POSTSTART, "running");
 		state_free(st);
 		if (r == 0)
-			*exit_status = wait_init(init, sigfd, &tty);
+			*exit_status = tty_proxy_wait(init, sigfd, &tty);
 	}
-	proxy_stop(&tty);
+	tty_proxy_stop(&tty);
 	if (r < 0 || !keep) {
 		struct cella_err e = { 0 };
 		int d = container_delete(rt, o.id, true, &e);

@@ -226,37 +226,6 @@ _Noreturn static void child_fail(int sync_fd, struct cella_err *err)
 	_exit(1);
 }
 
-/* A new pty from the container's /dev/ptmx: the slave becomes our controlling terminal and stdio,
- * the master goes over sock (nothing is mounted: /dev/console stays the init's). */
-static int exec_tty(const struct oci_process *p, int sock, struct cella_err *err)
-{
-	_cleanup_close_ int master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (master < 0)
-		return cella_err_sys(err, errno, "open /dev/ptmx in the container");
-	int unlock = 0;
-	if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
-		return cella_err_sys(err, errno, "unlock pty");
-	char name[64];
-	if (ptsname_r(master, name, sizeof(name)) != 0)
-		return cella_err_sys(err, errno, "ptsname");
-	_cleanup_close_ int slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
-	if (slave < 0)
-		return cella_err_sys(err, errno, "open %s", name);
-	if (p->console_size.set) {
-		struct winsize ws = { .ws_row = (unsigned short)p->console_size.height,
-				      .ws_col = (unsigned short)p->console_size.width };
-		ioctl(slave, TIOCSWINSZ, &ws);
-	}
-	if (setsid() < 0)
-		return cella_err_sys(err, errno, "setsid");
-	if (ioctl(slave, TIOCSCTTY, 0) < 0)
-		return cella_err_sys(err, errno, "make %s the controlling terminal", name);
-	for (int fd = 0; fd < 3; fd++)
-		if (dup2(slave, fd) < 0)
-			return cella_err_sys(err, errno, "dup2 pty to fd %d", fd);
-	return terminal_send_fd(sock, master, name, err);
-}
-
 /* C2: in every namespace and cgroup; sets up the process and execs. */
 _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 {
@@ -264,7 +233,7 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 	const struct oci_process *p = &c->proc;
 	int sfd = c->sync_fd;
 
-	if (p->terminal && exec_tty(p, c->console_fd, &err) < 0)
+	if (p->terminal && terminal_setup(p, c->console_fd, true, &err) < 0)
 		child_fail(sfd, &err);
 	if (c->console_fd >= 0)
 		close(c->console_fd);
@@ -376,92 +345,6 @@ static int write_pid_file(const char *path, pid_t pid, struct cella_err *err)
 		path = abs;
 	}
 	return cella_write_file_atomic(path, buf, (size_t)n, 0644, err);
-}
-
-static int wait_code(int status)
-{
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return 255;
-}
-
-/* Foreground terminal without --console-socket: copy between our stdio and the pty master. */
-struct proxy {
-	int master;
-	bool raw, in_open;
-	struct termios saved;
-};
-
-static bool copy_some(int in, int out)
-{
-	char buf[8192];
-	ssize_t n = read(in, buf, sizeof(buf));
-	if (n <= 0)
-		return n < 0 && (errno == EAGAIN || errno == EINTR);
-	cella_write_all(out, buf, (size_t)n);
-	return true;
-}
-
-static void proxy_winsize(struct proxy *t)
-{
-	struct winsize ws;
-	if (t->master >= 0 && ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) == 0)
-		ioctl(t->master, TIOCSWINSZ, &ws);
-}
-
-static void proxy_end(struct proxy *t)
-{
-	if (t->master >= 0) {
-		fcntl(t->master, F_SETFL, fcntl(t->master, F_GETFL) | O_NONBLOCK);
-		while (copy_some(t->master, STDOUT_FILENO)) {
-			struct pollfd p = { .fd = t->master, .events = POLLIN };
-			if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
-				break;
-		}
-		close(t->master);
-		t->master = -1;
-	}
-	if (t->raw)
-		tcsetattr(STDIN_FILENO, TCSANOW, &t->saved);
-	t->raw = false;
-}
-
-/* Waits for pid, forwarding signals and copying the terminal; returns its exit status. */
-static int wait_process(pid_t pid, int sigfd, struct proxy *t)
-{
-	for (;;) {
-		struct pollfd pf[3] = {
-			{ .fd = sigfd, .events = POLLIN },
-			{ .fd = t->master >= 0 && t->in_open ? STDIN_FILENO : -1, .events = POLLIN },
-			{ .fd = t->master, .events = POLLIN },
-		};
-		if (poll(pf, 3, -1) < 0 && errno != EINTR)
-			return 255;
-		if ((pf[1].revents & (POLLIN | POLLHUP | POLLERR)) && !copy_some(STDIN_FILENO, t->master))
-			t->in_open = false;
-		if (pf[2].revents & POLLIN)
-			copy_some(t->master, STDOUT_FILENO);
-		if (!(pf[0].revents & POLLIN))
-			continue;
-		struct signalfd_siginfo si;
-		if (read(sigfd, &si, sizeof(si)) != sizeof(si))
-			continue;
-		if (si.ssi_signo == SIGCHLD) {
-			int status, code = -1;
-			pid_t p;
-			while ((p = waitpid(-1, &status, WNOHANG)) > 0)
-				if (p == pid)
-					code = wait_code(status);
-			if (code >= 0)
-				return code;
-		} else if (si.ssi_signo == SIGWINCH) {
-			proxy_winsize(t);
-		} else {
-			kill(pid, (int)si.ssi_signo);
-		}
-	}
 }
 
 static int load_cgroup(struct exec_ctx *c, struct cella_err *err)
@@ -605,22 +488,15 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 		c->proc_pid = 0;
 		return 0;
 	}
-	struct proxy t = { .master = -1, .in_open = true };
+	struct tty_proxy t = { .master = -1 };
 	if (c->tty_recv >= 0) {
 		struct cella_err e = { 0 };
 		int master = terminal_recv_fd(c->tty_recv, &e);
-		if (master >= 0) {
-			t.master = master;
-			if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &t.saved) == 0) {
-				struct termios raw = t.saved;
-				cfmakeraw(&raw);
-				t.raw = tcsetattr(STDIN_FILENO, TCSANOW, &raw) == 0;
-				proxy_winsize(&t);
-			}
-		}
+		if (master >= 0)
+			tty_proxy_start(&t, master);
 	}
-	*exit_status = wait_process(c->proc_pid, c->sigfd, &t);
-	proxy_end(&t);
+	*exit_status = tty_proxy_wait(c->proc_pid, c->sigfd, &t);
+	tty_proxy_stop(&t);
 	c->proc_pid = 0;
 	return 0;
 }

@@ -172,7 +172,7 @@ _Noreturn void container_init(struct init_args *a)
 		fail(a, &err);
 	if (rootfs_pivot(a, &err) < 0)
 		fail(a, &err);
-	if (p->terminal && terminal_setup(p, a->console_fd, &err) < 0)
+	if (p->terminal && terminal_setup(p, a->console_fd, false, &err) < 0)
 		fail(a, &err);
 	if (a->console_fd >= 0)
 		close(a->console_fd);

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <termios.h>
 
 #include "runtime/config.h"
 
@@ -87,8 +88,25 @@ char *process_find_exec(const char *file, char *const *env, struct cella_err *er
 
 /* terminal.c */
 /* Opens a pty (in the container's /dev/ptmx), makes the slave our controlling terminal and
- * stdio, and sends the master over sock with SCM_RIGHTS (runc's recvtty protocol). */
-int terminal_setup(const struct oci_process *p, int sock, struct cella_err *err);
+ * stdio, and sends the master over sock with SCM_RIGHTS (runc's recvtty protocol). The init
+ * (exec false) also mounts it on /dev/console; an exec'd process (exec true) first starts a
+ * new session and leaves /dev/console to the init. */
+int terminal_setup(const struct oci_process *p, int sock, bool exec, struct cella_err *err);
 int terminal_send_fd(int sock, int fd, const char *name, struct cella_err *err);
 /* Receives one fd; -EPIPE on EOF. */
 int terminal_recv_fd(int sock, struct cella_err *err);
+
+/* Foreground run/exec with a terminal and no --console-socket: the runtime holds the pty master
+ * and copies between it and its own stdio (raw mode if stdin is a terminal), as runc does. */
+struct tty_proxy {
+	int master; /* -1 = no terminal: tty_proxy_wait only forwards signals */
+	bool raw, stdin_open;
+	struct termios saved;
+};
+/* Takes master (raw mode and window size from stdin if it is a terminal). */
+void tty_proxy_start(struct tty_proxy *t, int master);
+/* Waits for pid (we are its parent or subreaper) while copying the terminal and forwarding the
+ * signals read from sigfd (SIGWINCH resizes the pty); returns its exit status, 128+n for signal n. */
+int tty_proxy_wait(pid_t pid, int sigfd, struct tty_proxy *t);
+/* Drains and closes the master, restores stdin's mode. */
+void tty_proxy_stop(struct tty_proxy *t);
