@@ -61,7 +61,7 @@ def sections():
         pytest.skip("build/cella-vmm-static not built")
     # The console streams to a file as it arrives, so a slow or stuck batch can be watched.
     with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-linux.log"), "w") as log:
-        status, output = sandbox.run(BATCH, timeout=1500, stream=log)
+        status, output = sandbox.run(BATCH, timeout=600, stream=log)
     assert status == 0, output
     parts = {}
     for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:

@@ -4,10 +4,9 @@ This host has no usable /dev/kvm, so every case runs inside the nested-KVM sandb
 for the whole batch; /bin/cella-vmm there is build/cella-vmm-static). Sections of the batch
 are "=== NAME" blocks ending in "rc=N", checked by separate tests.
 
-Known problem: the sandbox machine itself (QEMU TCG, kvm-amd nested) sometimes freezes in the
-middle of the multi-vCPU loops: both TCG vCPU threads stay busy, the sandbox's own shell
-watchdog (vmm() below) stops running and nothing more reaches the console. The batch then
-times out as a whole; a VMM that hangs while the sandbox lives is reported as "HUNG".
+The sandbox used to freeze in these multi-vCPU loops under multi-threaded TCG; it now runs
+single-threaded TCG (sandbox.ACCEL). A VMM that hangs while the sandbox lives is reported as
+"HUNG" by the shell watchdog below.
 """
 import os
 import re
@@ -18,11 +17,6 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox"))
 import sandbox  # noqa: E402
 from vmm_guests import write_guests  # noqa: E402
-
-# Known open problem (issue 3): the nested sandbox intermittently freezes during the multi-vCPU
-# exit loops under pytest; until that is understood this batch runs only when asked for.
-pytestmark = pytest.mark.skipif(os.environ.get("CELLA_VMM_TINY") != "1",
-                                reason="tiny-guest sandbox batch: intermittent nested-sandbox freeze (issue 3 open); set CELLA_VMM_TINY=1")
 
 RUNS = 30
 
