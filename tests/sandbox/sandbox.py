@@ -44,11 +44,12 @@ CACHE = os.environ.get("CELLA_CACHE", "/var/cache/cella")
 QEMU = "qemu-system-x86_64"
 VMM_STATIC = os.path.join(TOP, "build", "cella-vmm-static")
 READY_RE = re.compile(r"CELLA-INIT-READY uptime=\S*\n")
-# Single-threaded TCG: with MTTCG (QEMU 7.2's default) the sandbox froze in 5 of 6 runs of the
-# multi-vCPU tiny-guest loops (both TCG threads busy, the sandbox's own shell dead), with
-# thread=single in 0 of 6, and it is no slower on 2 shared cores. The env knobs are for
-# investigating the sandbox itself.
-ACCEL = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg,thread=single")
+# TCG mode. Open problem (issue 3): with MTTCG (QEMU 7.2's default) the sandbox froze in 5 of 6
+# runs of the multi-vCPU tiny-guest loops, with thread=single in 0 of 6; but under thread=single
+# nested Linux guests hang (2-vCPU boot and the following 1-vCPU reboot case timed out in CI),
+# so only the tiny-guest batch asks for SINGLE_THREAD. The env knob overrides both.
+ACCEL = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg")
+SINGLE_THREAD = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg,thread=single")
 EXTRA_APPEND = os.environ.get("CELLA_SANDBOX_APPEND", "")
 QEMU_FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 
@@ -272,7 +273,8 @@ class _Console:
         return int(self.end.group(1)), self.text[self.start:self.end.start()]
 
 
-def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, stream=None):
+def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, stream=None,
+        accel=None):
     ok, reason = available()
     if not ok:
         raise SandboxError(reason)
@@ -292,7 +294,7 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
         _concat(initrd, segments + [run_cpio])
         os.unlink(run_cpio)
 
-        cmd = [QEMU, "-accel", ACCEL, "-cpu", "max", "-m", f"{memory}M", "-smp", str(cpus),
+        cmd = [QEMU, "-accel", accel or ACCEL, "-cpu", "max", "-m", f"{memory}M", "-smp", str(cpus),
                "-nographic", "-no-reboot", "-nic", "none",
                "-kernel", k["vmlinuz"], "-initrd", initrd,
                "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 {EXTRA_APPEND} -- /bin/sh /sandbox/run.sh"]
