@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "sandbox"))
 import sandbox  # noqa: E402
+from sandbox import guest  # noqa: E402
 
 # rtc=off: the kernel's rtc_cmos probe takes ~5 s nested under TCG. -smp 1 where the CPU count
 # does not matter: the host's cores are shared. reboot=t: microvm has no i8042 and no ACPI reset
@@ -67,19 +68,7 @@ def sections():
     except sandbox.SandboxError as e:
         pytest.fail(f"{e}; console tail:\n{e.output[-3000:]}")
     assert status == 0, output
-    parts = {}
-    for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
-        name, _, body = chunk.partition("\n")
-        parts[name.strip()] = body
-    return parts
-
-
-def guest(section):
-    """The nested guest's output: after its init marker, up to its status marker."""
-    m = re.search(r"CELLA-INIT-READY uptime=[0-9.]+\n(.*?)CELLA-EXIT-STATUS=(\d+)\n", section,
-                  re.S)
-    assert m, section
-    return m.group(1), int(m.group(2))
+    return sandbox.sections(output)
 
 
 def test_dev_kvm_is_standard_kvm(sections):

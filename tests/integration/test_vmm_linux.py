@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox"))
 import sandbox  # noqa: E402
+from sandbox import guest, rc  # noqa: E402
 
 CMDLINE = "console=ttyS0 quiet panic=-1"
 VMM = "timeout 240 /bin/cella-vmm --initrd /kit/initramfs.cpio.gz --memory 256"
@@ -63,24 +64,7 @@ def sections():
     with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-linux.log"), "w") as log:
         status, output = sandbox.run(BATCH, timeout=600, stream=log)
     assert status == 0, output
-    parts = {}
-    for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
-        name, _, body = chunk.partition("\n")
-        parts[name.strip()] = body
-    return parts
-
-
-def rc(section):
-    m = re.findall(r"^rc=(\d+)$", section, re.M)
-    assert m, section
-    return int(m[-1])
-
-
-def guest(section):
-    """The guest's output after its init marker up to its exit-status marker."""
-    m = re.search(r"CELLA-INIT-READY uptime=[0-9.]+\n(.*?)CELLA-EXIT-STATUS=(\d+)\n", section, re.S)
-    assert m, section
-    return m.group(1), int(m.group(2))
+    return sandbox.sections(output)
 
 
 def check_probe(section, cpus):

@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sandbox"))
 import sandbox  # noqa: E402
+from sandbox import rc  # noqa: E402
 from vmm_guests import write_guests  # noqa: E402
 
 RUNS = 30
@@ -110,11 +111,7 @@ def sections(tmp_path_factory):
         status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=480, stream=log,
                                      accel=sandbox.SINGLE_THREAD)
     assert status == 0, output
-    parts = {}
-    for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
-        name, _, body = chunk.partition("\n")
-        parts[name.strip()] = body
-    return parts
+    return sandbox.sections(output)
 
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z \w+: [^\n]*\n")
@@ -123,12 +120,6 @@ LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z \w+: [^\n]*\n")
 def guest_output(section):
     """The section without the VMM's log lines (which may interleave with guest bytes)."""
     return LOG_LINE.sub("", section)
-
-
-def rc(section):
-    m = re.findall(r"^rc=(\d+)$", section, re.M)
-    assert m, section
-    return int(m[-1])
 
 
 def test_serial_output_reaches_stdout_and_poweroff_ends_with_0(sections):

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "sandbox"))
 import sandbox  # noqa: E402
+from sandbox import guest  # noqa: E402
 
 CMDLINE = "console=ttyS0 reboot=k panic=1 quiet"
 GUEST_CMD = ("cat /proc/cmdline; echo cpus=$(nproc); grep MemTotal /proc/meminfo; "
@@ -51,17 +52,7 @@ def sections():
         pytest.skip(f"{sandbox.VMM_STATIC} not built")
     status, output = sandbox.run(BATCH, timeout=900)
     assert status == 0, output
-    parts = {}
-    for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
-        name, _, body = chunk.partition("\n")
-        parts[name.strip()] = body
-    return parts
-
-
-def guest(section):
-    m = re.search(r"CELLA-INIT-READY uptime=[0-9.]+\n(.*?)CELLA-EXIT-STATUS=(\d+)\n", section, re.S)
-    assert m, section
-    return m.group(1), int(m.group(2))
+    return sandbox.sections(output)
 
 
 def memmap(out):

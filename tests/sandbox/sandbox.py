@@ -334,3 +334,28 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
             proc.wait()
             proc.stdout.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Batches print "=== NAME" before each part and "rc=N" after commands; guests booted with the
+# guest kit frame their output with cella-init's markers.
+GUEST_RE = re.compile(r"CELLA-INIT-READY uptime=[0-9.]+\n(.*?)CELLA-EXIT-STATUS=(\d+)\n", re.S)
+
+
+def sections(output):
+    parts = {}
+    for chunk in re.split(r"^=== ", output, flags=re.M)[1:]:
+        name, _, body = chunk.partition("\n")
+        parts[name.strip()] = body
+    return parts
+
+
+def guest(section):
+    m = GUEST_RE.search(section)
+    assert m, section
+    return m.group(1), int(m.group(2))
+
+
+def rc(section):
+    m = re.findall(r"^rc=(\d+)$", section, re.M)
+    assert m, section
+    return int(m[-1])
