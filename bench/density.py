@@ -27,13 +27,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime as rtb  # noqa: E402  (bundle, runtimes, v1 view, cgroup listing)
+import runtime as rtb  # noqa: E402  (bundle, runtimes, v1 view, cgroup listing, log)
+from runtime import log  # noqa: E402
 
 ID_PREFIX = "cdens"
-
-
-def log(msg):
-    print(msg, flush=True)
 
 
 def meminfo():
@@ -65,19 +62,6 @@ def capacity(maxn):
                 except OSError:
                     pass
     return min(limits)
-
-
-def make_sleep_bundle(rootfs):
-    bundle = rtb.make_bundle(rootfs)
-    dens = os.path.join(rtb.WORK, "density-bundle")
-    os.makedirs(dens, exist_ok=True)
-    import json
-    with open(os.path.join(bundle, "config.json")) as f:
-        cfg = json.load(f)
-    cfg["process"]["args"] = ["/bin/sleep", "3600"]
-    with open(os.path.join(dens, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1)
-    return dens
 
 
 def round_(name, argv0, bundle, duration, cap):
@@ -163,7 +147,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rtb.make_v1_view()
     rootfs, origin = rtb.make_rootfs()
-    bundle = make_sleep_bundle(rootfs)
+    bundle = rtb.make_bundle(rootfs, args=("/bin/sleep", "3600"), name="density-bundle")
     cap = capacity(args.m)
     log(f"bundle: {bundle} (rootfs from {origin}); runc spec default, args /bin/sleep 3600, "
         f"namespaces pid/net/ipc/uts/mount; pure-v1 cgroup view (as bench/runtime.py)")

@@ -68,11 +68,11 @@ def make_rootfs():
     return rootfs, "/bin/busybox (busybox-static)"
 
 
-def make_bundle(rootfs):
-    """config.json = `runc spec`'s default with terminal off and args /bin/true: namespaces
+def make_bundle(rootfs, args=("/bin/true",), name="bundle"):
+    """config.json = `runc spec`'s default with terminal off and the given args: namespaces
     pid, network, ipc, uts, mount; readonly root; the usual /proc /dev /sys mounts,
     capabilities, rlimit, masked and readonly paths; devices cgroup deny-all."""
-    bundle = os.path.join(WORK, "bundle")
+    bundle = os.path.join(WORK, name)
     os.makedirs(bundle, exist_ok=True)
     caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
     config = {
@@ -80,7 +80,7 @@ def make_bundle(rootfs):
         "process": {
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
-            "args": ["/bin/true"],
+            "args": list(args),
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted", "ambient")},
