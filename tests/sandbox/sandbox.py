@@ -28,6 +28,7 @@ API:
   kit() -> dict                   the guest kit's paths (name -> path), built if needed
 """
 
+import fcntl
 import hashlib
 import os
 import re
@@ -51,6 +52,9 @@ READY_RE = re.compile(r"CELLA-INIT-READY uptime=\S*\n")
 ACCEL = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg")
 SINGLE_THREAD = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg,thread=single")
 EXTRA_APPEND = os.environ.get("CELLA_SANDBOX_APPEND", "")
+# Sandboxes run one at a time per host: two TCG machines on 2 cores starve each other into
+# timeouts. The timeout counts from when the lock is held.
+LOCK = os.environ.get("CELLA_SANDBOX_LOCK", "/run/lock/cella-sandbox.lock")
 QEMU_FIRMWARE_DIRS = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
 
 
@@ -285,6 +289,7 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
 
     tmp = tempfile.mkdtemp(prefix="cella-sandbox-")
     proc = None
+    lock_fd = -1
     nonce = os.urandom(8).hex()
     console = _Console(stream, nonce)
     try:
@@ -298,6 +303,8 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
                "-nographic", "-no-reboot", "-nic", "none",
                "-kernel", k["vmlinuz"], "-initrd", initrd,
                "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 {EXTRA_APPEND} -- /bin/sh /sandbox/run.sh"]
+        lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -333,6 +340,8 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
                     pass
             proc.wait()
             proc.stdout.close()
+        if lock_fd >= 0:
+            os.close(lock_fd)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
