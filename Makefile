@@ -17,7 +17,7 @@ endif
 CFLAGS += -std=gnu11 $(WARN) -pthread
 LDLIBS_BASE := -ljansson
 LDLIBS_RUNTIME := -lseccomp -lcap
-LDLIBS_VMM := -lpthread
+LDLIBS_VMM := -lpthread -lz
 
 base_src := $(wildcard base/*.c)
 runtime_src := $(wildcard runtime/*.c)

@@ -22,6 +22,9 @@ void vmm_config_free(struct vmm_config *cfg)
 	free(cfg->cmdline);
 	free(cfg->console_path);
 	free(cfg->kvm_device);
+	free(cfg->snapshot_dir);
+	free(cfg->restore_state);
+	free(cfg->restore_memory);
 	vmm_config_init(cfg);
 }
 
@@ -51,13 +54,12 @@ int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cell
 	return replace(&cfg->console_path, spec, err);
 }
 
-int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err)
+/* Every field of the JSON form. vmm_config_to_json must write each one (a unit test checks it). */
+static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", NULL };
+
+static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)
 {
-	static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", NULL };
-	_cleanup_json_ json_t *j = NULL;
-	int r = cj_load_file(path, path, CONFIG_MAX_BYTES, &j, err);
-	if (r < 0)
-		return r;
+	int r;
 	const char *s;
 	uint32_t cpus;
 	uint64_t mib;
@@ -89,6 +91,51 @@ int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_
 	return 0;
 fail:
 	return cella_err_wrap(err, "%s", path);
+}
+
+int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err)
+{
+	_cleanup_json_ json_t *j = NULL;
+	int r = cj_load_file(path, path, CONFIG_MAX_BYTES, &j, err);
+	if (r < 0)
+		return r;
+	return from_json(cfg, j, path, err);
+}
+
+int vmm_config_from_json_text(struct vmm_config *cfg, const char *text, size_t len, const char *what,
+			      struct cella_err *err)
+{
+	_cleanup_json_ json_t *j = NULL;
+	int r = cj_load_string(text, len, what, &j, err);
+	if (r < 0)
+		return r;
+	return from_json(cfg, j, what, err);
+}
+
+int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_err *err)
+{
+	_cleanup_json_ json_t *j = json_object();
+	if (!j)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	const char *console = cfg->console == VMM_CONSOLE_STDIO ? "stdio"
+			      : cfg->console == VMM_CONSOLE_NONE ? "none" : cfg->console_path;
+	int bad = 0;
+	if (cfg->kernel)
+		bad |= json_object_set_new(j, "kernel", json_string(cfg->kernel));
+	if (cfg->initrd)
+		bad |= json_object_set_new(j, "initrd", json_string(cfg->initrd));
+	if (cfg->cmdline)
+		bad |= json_object_set_new(j, "cmdline", json_string(cfg->cmdline));
+	bad |= json_object_set_new(j, "cpus", json_integer(cfg->cpus));
+	bad |= json_object_set_new(j, "memory_mib", json_integer((json_int_t)cfg->memory_mib));
+	if (console)
+		bad |= json_object_set_new(j, "console", json_string(console));
+	bad |= json_object_set_new(j, "rng", json_boolean(cfg->rng));
+	char *text = bad ? NULL : json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+	if (!text)
+		return cella_err_set(err, ENOMEM, "config: cannot write it as JSON");
+	*out = text;
+	return 0;
 }
 
 int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err)

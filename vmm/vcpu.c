@@ -51,6 +51,8 @@ int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot
 		return cella_err_sys(err, errno, "vcpu%u: mmap of kvm_run", index);
 	v->run = run;
 	v->run_size = vm->vcpu_mmap_size;
+	if (!boot)
+		return 0; /* restore: the snapshot sets every register (snapshot.c) */
 
 	_cleanup_free_ struct kvm_cpuid2 *cpuid = NULL;
 	int r = x86_cpuid_for_vcpu(vm->cpuid, index, vm->ncpus, &cpuid, err);
@@ -213,6 +215,21 @@ static bool handle_exit(struct vcpu *v)
 	}
 }
 
+/* Parks the vCPU while a pause is requested (snapshot.c). Called only right after KVM_RUN returned
+ * EINTR: that entry completed any I/O or MMIO exit handled before it, so the vCPU's state is at an
+ * instruction boundary and can be read and saved from another thread. */
+static void park(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+	pthread_mutex_lock(&vm->pause_lock);
+	vm->nparked++;
+	pthread_cond_broadcast(&vm->pause_cond);
+	while (atomic_load(&vm->pause_req) && !atomic_load(&vm->stopping))
+		pthread_cond_wait(&vm->pause_cond, &vm->pause_lock);
+	vm->nparked--;
+	pthread_mutex_unlock(&vm->pause_lock);
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
@@ -225,8 +242,15 @@ static void *vcpu_thread(void *arg)
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			int e = errno;
 			/* EINTR: kicked (or immediate_exit); EAGAIN: an AP woke without SIPI yet. */
-			if (e == EINTR || e == EAGAIN)
+			if (e == EINTR || e == EAGAIN) {
+				if (atomic_load(&vm->pause_req))
+					park(v);
+				/* A kick that found no pause (or a finished one) must not keep KVM_RUN returning at
+				 * once. A stop sets stopping before immediate_exit, and the loop checks stopping next. */
+				if (!atomic_load(&vm->pause_req))
+					__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 				continue;
+			}
 			log_error("vcpu%u: KVM_RUN: %s", v->index, strerror(e));
 			x86_dump_regs(v->fd, v->index);
 			vm_request_end(vm, VMM_FAILED, 0, "vcpu%u: KVM_RUN: %s", v->index, strerror(e));
@@ -236,7 +260,19 @@ static void *vcpu_thread(void *arg)
 			break;
 	}
 	log_debug("vcpu%u: stopped", v->index);
+	pthread_mutex_lock(&vm->pause_lock);
+	vm->nrunning--;
+	pthread_cond_broadcast(&vm->pause_cond);
+	pthread_mutex_unlock(&vm->pause_lock);
 	return NULL;
+}
+
+void vcpu_kick(struct vcpu *v)
+{
+	if (v->run)
+		__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	if (v->thread_started)
+		pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 
 int vcpus_start(struct vm *vm, struct cella_err *err)
@@ -258,7 +294,11 @@ int vcpus_start(struct vm *vm, struct cella_err *err)
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setstacksize(&attr, 256 * 1024);
+		pthread_mutex_lock(&vm->pause_lock);
 		int e = pthread_create(&v->thread, &attr, vcpu_thread, v);
+		if (e == 0)
+			vm->nrunning++;
+		pthread_mutex_unlock(&vm->pause_lock);
 		pthread_attr_destroy(&attr);
 		if (e) {
 			r = cella_err_sys(err, e, "vcpu%u: creating its thread", i);
@@ -281,6 +321,10 @@ int vcpus_start(struct vm *vm, struct cella_err *err)
 bool vcpus_stop(struct vm *vm)
 {
 	atomic_store(&vm->stopping, true);
+	/* Parked vCPUs (a paused VM) wake up, see stopping and leave. */
+	pthread_mutex_lock(&vm->pause_lock);
+	pthread_cond_broadcast(&vm->pause_cond);
+	pthread_mutex_unlock(&vm->pause_lock);
 	for (unsigned waited = 0;; waited += VCPU_STOP_POLL_MS) {
 		bool left = false;
 		for (unsigned i = 0; i < vm->ncpus; i++) {
@@ -294,11 +338,8 @@ bool vcpus_stop(struct vm *vm)
 			left = true;
 			/* Kick every 20 ms: immediate_exit for a thread about to enter KVM_RUN, the signal
 			 * for one inside it. */
-			if (waited % 20 == 0) {
-				if (v->run)
-					__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-				pthread_kill(v->thread, VCPU_KICK_SIGNAL);
-			}
+			if (waited % 20 == 0)
+				vcpu_kick(v);
 			if (waited == VCPU_STOP_WARN_MS)
 				log_warn("vcpu%u: still running %u ms after the stop request; kicking again", i, waited);
 		}

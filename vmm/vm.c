@@ -142,6 +142,20 @@ int vm_set_irq(struct vm *vm, unsigned irq, int level)
 	return 0;
 }
 
+int vm_add_virtio(struct vm *vm, struct virtio_mmio *t, uint64_t base, const char *name, struct cella_err *err)
+{
+	if (vm->nvirtio == VMM_MAX_VIRTIO)
+		return cella_err_set(err, ENOSPC, "%s: more than %d virtio devices", name, VMM_MAX_VIRTIO);
+	for (unsigned i = 0; i < vm->nvirtio; i++)
+		if (!strcmp(vm->virtio[i].name, name))
+			return cella_err_set(err, EEXIST, "%s: a virtio device of that name exists", name);
+	int r = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_ops, t, name, err);
+	if (r < 0)
+		return r;
+	vm->virtio[vm->nvirtio++] = (struct vm_virtio){ .t = t, .base = base, .name = name };
+	return 0;
+}
+
 void vm_close(struct vm *vm)
 {
 	if (vm->ram)

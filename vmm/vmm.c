@@ -21,9 +21,12 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "vmm/console.h"
+#include "vmm/snapfile.h"
+#include "vmm/snapshot.h"
 #include "vmm/vm.h"
 #include "vmm/x86/boot.h"
 #include "vmm/x86/cpu.h"
+#include "vmm/x86/state.h"
 
 /* A read-only private mapping of a whole file (kernel, initrd). */
 struct mapped_file {
@@ -152,8 +155,7 @@ static int add_rng(struct vm *vm, struct cella_err *err)
 		vm->rng = NULL;
 		return r;
 	}
-	return bus_register(&vm->mmio, VMM_VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, &virtio_mmio_ops, vm->rng,
-			    "virtio-rng", err);
+	return vm_add_virtio(vm, vm->rng, VMM_VIRTIO_MMIO_BASE, "virtio-rng", err);
 }
 
 static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, struct cella_err *err)
@@ -219,6 +221,39 @@ static void free_devices(struct vm *vm)
 	bus_free(&vm->mmio);
 }
 
+/* --- snapshots without the API: SIGUSR2 with --snapshot-dir --- */
+
+#define SNAPSHOT_SIGNAL SIGUSR2
+
+/* Pauses, writes DIR/state and DIR/memory, resumes. A failure is logged; the VM keeps running. */
+static void snapshot_to_dir(struct vm *vm, const char *dir)
+{
+	struct cella_err err = { 0 };
+	struct vm_snapshot_stats st = { 0 };
+	_cleanup_free_ char *state = cella_path_join(dir, VMM_SNAPSHOT_STATE_FILE);
+	_cleanup_free_ char *mem = cella_path_join(dir, VMM_SNAPSHOT_MEMORY_FILE);
+	uint64_t t0 = cella_now_ns();
+	int r = state && mem ? 0 : cella_err_set(&err, ENOMEM, "out of memory");
+	if (r == 0)
+		r = cella_mkdir_p(dir, 0700, &err);
+	if (r == 0)
+		r = vm_pause(vm, &err);
+	if (r < 0) {
+		log_error("snapshot to %s: %s", dir, err.msg);
+		return;
+	}
+	uint64_t paused = cella_now_ns();
+	r = vm_snapshot_create(vm, state, mem, &st, &err);
+	vm_resume(vm, NULL);
+	if (r < 0) {
+		log_error("snapshot to %s: %s", dir, err.msg);
+		return;
+	}
+	log_info("snapshot written to %s in %.3f ms (pause %.3f ms, state %" PRIu64 " bytes, memory %" PRIu64
+		 " MiB with %" PRIu64 " KiB of data)", dir, (cella_now_ns() - t0) / 1e6, (paused - t0) / 1e6,
+		 st.state_bytes, st.memory_bytes >> 20, st.written_bytes >> 10);
+}
+
 /* --- the VMM thread's event loop --- */
 
 #define INPUT_CHUNK 256
@@ -256,7 +291,10 @@ static void event_loop(struct vm *vm, struct console *con, int sig_fd)
 		}
 		if (fds[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
-			if (read(sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+			ssize_t got = read(sig_fd, &si, sizeof(si));
+			if (got == (ssize_t)sizeof(si) && si.ssi_signo == SNAPSHOT_SIGNAL && vm->cfg->snapshot_dir) {
+				snapshot_to_dir(vm, vm->cfg->snapshot_dir);
+			} else if (got == (ssize_t)sizeof(si)) {
 				log_info("stopping the VM: %s", strsignal((int)si.ssi_signo));
 				vm_request_end(vm, VMM_SIGNALED, (int)si.ssi_signo, "stopped by signal %s",
 					       strsignal((int)si.ssi_signo));
@@ -279,18 +317,74 @@ static void event_loop(struct vm *vm, struct console *con, int sig_fd)
 	}
 }
 
-int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err)
+/* The machine a restore rebuilds is the snapshot's: what the caller gave may only say where the
+ * console goes, which KVM device to use, where the next snapshots go, and whether to start paused.
+ * A vCPU count or memory size given (non-zero) must match the snapshot's. */
+static int restore_config(struct vmm_config *saved, const struct vmm_config *given, struct cella_err *err)
+{
+	if (given->cpus && given->cpus != saved->cpus)
+		return cella_err_set(err, EINVAL, "cpus: %u requested, the snapshot has %u vCPU(s)", given->cpus,
+				     saved->cpus);
+	if (given->memory_mib && given->memory_mib != saved->memory_mib)
+		return cella_err_set(err, EINVAL, "memory: %" PRIu64 " MiB requested, the snapshot has %" PRIu64 " MiB",
+				     given->memory_mib, saved->memory_mib);
+	const char *copy[] = { given->console_path, given->kvm_device, given->snapshot_dir, given->restore_state,
+			       given->restore_memory };
+	char **slot[] = { &saved->console_path, &saved->kvm_device, &saved->snapshot_dir, &saved->restore_state,
+			  &saved->restore_memory };
+	for (size_t i = 0; i < ARRAY_SIZE(copy); i++) {
+		free(*slot[i]);
+		*slot[i] = copy[i] ? strdup(copy[i]) : NULL;
+		if (copy[i] && !*slot[i])
+			return cella_err_set(err, ENOMEM, "out of memory");
+	}
+	saved->console = given->console;
+	saved->restore_paused = given->restore_paused;
+	saved->debug_device = given->debug_device;
+	return 0;
+}
+
+int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella_err *err)
 {
 	memset(res, 0, sizeof(*res));
+	uint64_t start_ns = cella_now_ns();
+	/* Restore: the config comes from the snapshot. */
+	struct snap_file snap = { 0 };
+	struct vmm_config saved;
+	vmm_config_init(&saved);
+	const struct vmm_config *cfg = given;
+	bool restore = given->restore_state != NULL;
+	if (restore) {
+		int r = given->restore_memory ? 0 : cella_err_set(err, EINVAL, "restore: no memory file given");
+		if (r == 0)
+			r = vm_restore_open(given->restore_state, &snap, &saved, err);
+		if (r == 0 && (r = restore_config(&saved, given, err)) < 0)
+			snap_file_close(&snap);
+		if (r < 0) {
+			vmm_config_free(&saved);
+			return r;
+		}
+		cfg = &saved;
+	}
 	struct vm *vm = calloc(1, sizeof(*vm));
-	if (!vm)
+	if (!vm) {
+		snap_file_close(&snap);
+		vmm_config_free(&saved);
 		return cella_err_set(err, ENOMEM, "out of memory");
-	vm->start_ns = cella_now_ns();
+	}
+	vm->start_ns = start_ns;
 	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
+	vm->cfg = cfg;
 	vm->ncpus = cfg->cpus;
 	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
 		vm->vcpus[i].fd = -1;
 	pthread_mutex_init(&vm->end_lock, NULL);
+	pthread_mutex_init(&vm->pause_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&vm->pause_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	bus_init(&vm->pio, "pio");
 	bus_init(&vm->mmio, "mmio");
 
@@ -303,11 +397,15 @@ int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_e
 	sigaddset(&stop_sigs, SIGHUP);
 	sigaddset(&stop_sigs, SIGQUIT);
 	sigaddset(&stop_sigs, SIGPIPE);
+	if (cfg->snapshot_dir)
+		sigaddset(&stop_sigs, SNAPSHOT_SIGNAL);
 	bool masked = false, stopped = true;
 	struct x86_boot_entry entry = { 0 };
 
 	int r = vmm_config_check(cfg, err);
-	if (r == 0)
+	if (r == 0 && restore)
+		r = vm_restore_memory(vm, cfg->restore_memory, cfg->memory_mib << 20, err);
+	else if (r == 0)
 		r = load_guest(vm, cfg, &entry, err);
 	if (r == 0)
 		r = vm_open_kvm(vm, cfg->kvm_device ? cfg->kvm_device : "/dev/kvm", cfg->cpus, err);
@@ -327,7 +425,17 @@ int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_e
 	if ((r = add_devices(vm, cfg, con.out_fd, err)) < 0)
 		goto out;
 	for (unsigned i = 0; i < cfg->cpus && r == 0; i++)
-		r = vcpu_create(vm, i, &entry, err);
+		r = vcpu_create(vm, i, restore ? NULL : &entry, err);
+	if (r == 0 && restore) {
+		/* vCPUs, then PIT and irqchips, then devices (which raise their lines again), the clock last */
+		r = vm_restore_vcpus(vm, &snap, err);
+		if (r == 0)
+			r = vm_restore_devices(vm, &snap, err);
+		if (r == 0)
+			r = x86_vm_load_clock(vm->vm_fd, &snap, err);
+		if (r < 0)
+			cella_err_wrap(err, "restore from %s", cfg->restore_state);
+	}
 	if (r == 0)
 		r = vcpu_signals_init(err);
 	if (r < 0)
@@ -343,8 +451,19 @@ int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_e
 		r = cella_err_sys(err, errno, "signalfd");
 		goto out;
 	}
-	log_debug("VM ready in %.3f ms: %u vCPU(s), %" PRIu64 " MiB", (cella_now_ns() - vm->start_ns) / 1e6,
-		  cfg->cpus, cfg->memory_mib);
+	if (restore)
+		log_info("VM restored from %s in %.3f ms: %u vCPU(s), %" PRIu64 " MiB%s", cfg->restore_state,
+			 (cella_now_ns() - vm->start_ns) / 1e6, cfg->cpus, cfg->memory_mib,
+			 cfg->restore_paused ? ", paused" : "");
+	else
+		log_debug("VM ready in %.3f ms: %u vCPU(s), %" PRIu64 " MiB", (cella_now_ns() - vm->start_ns) / 1e6,
+			  cfg->cpus, cfg->memory_mib);
+	if (restore && cfg->restore_paused) {
+		/* The threads park on their first KVM_RUN (immediate_exit) until vm_resume. */
+		atomic_store(&vm->pause_req, true);
+		for (unsigned i = 0; i < cfg->cpus; i++)
+			vcpu_kick(&vm->vcpus[i]);
+	}
 	r = vcpus_start(vm, err);
 	if (r == 0)
 		event_loop(vm, &con, sig_fd);
@@ -384,6 +503,10 @@ out:
 		close(vm->wake_fd);
 	vm_close(vm);
 	pthread_mutex_destroy(&vm->end_lock);
+	pthread_mutex_destroy(&vm->pause_lock);
+	pthread_cond_destroy(&vm->pause_cond);
 	free(vm);
+	snap_file_close(&snap);
+	vmm_config_free(&saved);
 	return r;
 }

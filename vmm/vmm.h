@@ -7,6 +7,7 @@
  * usable KVM): no guest ran. Otherwise it returns 0 and res says how the VM ended. */
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct cella_err;
@@ -22,6 +23,9 @@ struct cella_err;
 /* virtio-mmio devices: 0x200 bytes each from here, on ISA IRQ 5 (free: COM1 is 4, i8042 1/12, SCI 9). */
 #define VMM_VIRTIO_MMIO_BASE 0xd0001000ull
 #define VMM_VIRTIO_RNG_IRQ 5
+/* File names inside a snapshot directory (cella-vmm --snapshot-dir, --restore DIR). */
+#define VMM_SNAPSHOT_STATE_FILE "state"
+#define VMM_SNAPSHOT_MEMORY_FILE "memory"
 
 enum vmm_console {
 	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
@@ -40,6 +44,12 @@ struct vmm_config {
 	char *kvm_device;   /* NULL = /dev/kvm */
 	bool debug_device;  /* test-only MMIO device at VMM_DEBUG_DEVICE_ADDR */
 	bool rng;           /* virtio-rng at VMM_VIRTIO_MMIO_BASE */
+
+	/* Snapshots (issue 6, vmm/snapshot.h). Not part of the JSON config. */
+	char *snapshot_dir;    /* SIGUSR2 pauses the VM, writes DIR/state and DIR/memory, resumes */
+	char *restore_state;   /* non-NULL: restore from this state file instead of booting a kernel */
+	char *restore_memory;  /* its memory file */
+	bool restore_paused;   /* restored vCPUs stay paused until vm_resume */
 };
 
 void vmm_config_init(struct vmm_config *cfg);
@@ -51,6 +61,13 @@ int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cell
 /* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng"}) over cfg:
  * fields present replace cfg's values. Unknown fields are errors naming the field. */
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
+
+/* The config as the JSON that vmm_config_load_json reads (every field it knows; a snapshot stores it
+ * so that restore rebuilds the same machine). *out is malloc'd. */
+int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_err *err);
+/* vmm_config_load_json over a string; what names it in errors. */
+int vmm_config_from_json_text(struct vmm_config *cfg, const char *text, size_t len, const char *what,
+			      struct cella_err *err);
 
 /* Checks what can be checked without files or KVM (vCPU count, memory range, kernel given). */
 int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err);

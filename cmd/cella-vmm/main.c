@@ -18,6 +18,7 @@
 static const char usage[] =
 	"Usage: cella-vmm --kernel PATH [options]\n"
 	"       cella-vmm --config FILE.json [options]\n"
+	"       cella-vmm --restore DIR [--console SPEC] [--snapshot-dir DIR2] [options]\n"
 	"\n"
 	"Runs one KVM micro-VM until the guest powers off or reboots.\n"
 	"\n"
@@ -33,6 +34,11 @@ static const char usage[] =
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
 	"  --rng                virtio-rng (entropy from the host's getrandom) on virtio-mmio at 0xd0001000,\n"
 	"                       IRQ 5; JSON: \"rng\": true\n"
+	"  --snapshot-dir DIR   on SIGUSR2: pause the VM, write DIR/state and DIR/memory, resume\n"
+	"                       (the control API's PUT /snapshot/create is the other way in)\n"
+	"  --restore DIR        run the VM saved in DIR/state + DIR/memory instead of booting: the\n"
+	"                       machine (kernel, cpus, memory, devices) is the snapshot's; --cpus and\n"
+	"                       --memory, if given, must match it\n"
 	"  -h, --help           this text\n"
 	"\n"
 	"Exit status: 0 guest poweroff or reboot, 1 bad input or no usable KVM, 2 VM failure,\n"
@@ -50,6 +56,8 @@ enum {
 	OPT_KVM_DEVICE,
 	OPT_DEBUG_DEVICE,
 	OPT_RNG,
+	OPT_SNAPSHOT_DIR,
+	OPT_RESTORE,
 };
 
 static const struct option options[] = {
@@ -64,6 +72,8 @@ static const struct option options[] = {
 	{ "kvm-device", required_argument, NULL, OPT_KVM_DEVICE },
 	{ "debug-device", no_argument, NULL, OPT_DEBUG_DEVICE },
 	{ "rng", no_argument, NULL, OPT_RNG },
+	{ "snapshot-dir", required_argument, NULL, OPT_SNAPSHOT_DIR },
+	{ "restore", required_argument, NULL, OPT_RESTORE },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -112,7 +122,7 @@ int main(int argc, char **argv)
 	vmm_config_init(&cfg);
 	struct vmm_config flags; /* flags collected first, applied over the JSON config */
 	vmm_config_init(&flags);
-	const char *config_path = NULL, *console = NULL;
+	const char *config_path = NULL, *console = NULL, *restore = NULL;
 	bool have_cpus = false, have_memory = false;
 	enum cella_log_level level = CELLA_LOG_INFO;
 	int status = 1;
@@ -153,6 +163,8 @@ int main(int argc, char **argv)
 		case OPT_KVM_DEVICE: r = set_string(&flags.kvm_device, optarg); break;
 		case OPT_DEBUG_DEVICE: flags.debug_device = true; break;
 		case OPT_RNG: flags.rng = true; break;
+		case OPT_SNAPSHOT_DIR: r = set_string(&flags.snapshot_dir, optarg); break;
+		case OPT_RESTORE: restore = optarg; break;
 		case 'h':
 			fputs(usage, stdout);
 			status = 0;
@@ -175,6 +187,27 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	if (restore) {
+		/* The snapshot says what the machine is; only these may be given with it. */
+		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng) {
+			status = fail("--restore: the machine comes from the snapshot; --config, --kernel, --initrd, "
+				      "--cmdline and --rng cannot be given with it");
+			goto out;
+		}
+		cfg.restore_state = cella_path_join(restore, VMM_SNAPSHOT_STATE_FILE);
+		cfg.restore_memory = cella_path_join(restore, VMM_SNAPSHOT_MEMORY_FILE);
+		if (!cfg.restore_state || !cfg.restore_memory) {
+			status = fail("%s", "out of memory");
+			goto out;
+		}
+		cfg.cpus = have_cpus ? flags.cpus : 0; /* 0 = the snapshot's */
+		cfg.memory_mib = have_memory ? flags.memory_mib : 0;
+		have_cpus = have_memory = false;
+	}
+	if (flags.snapshot_dir && set_string(&cfg.snapshot_dir, flags.snapshot_dir) < 0) {
+		status = fail("%s", "out of memory");
+		goto out;
+	}
 	if (config_path && vmm_config_load_json(&cfg, config_path, &err) < 0) {
 		status = fail("%s", err.msg);
 		goto out;

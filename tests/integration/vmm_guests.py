@@ -57,6 +57,15 @@ MMIO = bytes.fromhex(
     "0000000000000000ffff0000009acf00ffff00000092cf00"
     "170078000100")
 
+# count (snapshot tests): cli; 1: incl counter; print counter in decimal + '\n' on COM1 (digits
+# pushed on the stack, popped and sent); spin 0x1000 iterations (~10 ms where KVM emulates real mode); jmp 1b.
+# The count lives in memory and passes through registers and the stack, so a restore that loses
+# any of them shows. counter: .long 0 at 0x3c (assembled with as --64, ld -Ttext=0, objcopy).
+COUNT = bytes.fromhex(
+    "fa66ff063c0066a13c0066b90a00000031f66631d266f7f180c23052466685c075f0"
+    "baf80358ee4e75fbb00aee66b900100000664975fcebc8"
+    "8d740000000000")
+
 GUESTS = {
     "hello.bin": HELLO,
     "reboot.bin": REBOOT,
@@ -66,6 +75,7 @@ GUESTS = {
     "badfetch.bin": BAD_FETCH,
     "echo.bin": ECHO,
     "mmio.bin": MMIO,
+    "count.bin": COUNT,
 }
 
 

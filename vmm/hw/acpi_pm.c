@@ -8,6 +8,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 #include "vmm/x86/boot.h"
 
 #define PM1_CNT_SCI_EN 0x0001
@@ -101,3 +102,23 @@ static void cnt_write(void *opaque, uint64_t offset, const uint8_t *data, uint32
 
 const struct bus_ops acpi_pm_evt_ops = { .read = evt_read, .write = evt_write };
 const struct bus_ops acpi_pm_cnt_ops = { .read = cnt_read, .write = cnt_write };
+
+void acpi_pm_save(struct acpi_pm *pm, struct snap_writer *w)
+{
+	pthread_mutex_lock(&pm->lock);
+	uint16_t v[] = { pm->status, pm->enable, pm->control };
+	pthread_mutex_unlock(&pm->lock);
+	snap_put(w, v, sizeof(v));
+}
+
+int acpi_pm_load(struct acpi_pm *pm, struct snap_sec *sec, struct cella_err *err)
+{
+	uint16_t v[3];
+	snap_get(sec, v, sizeof(v));
+	pthread_mutex_lock(&pm->lock);
+	pm->status = v[0];
+	pm->enable = v[1];
+	pm->control = (uint16_t)((v[2] & ~PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN);
+	pthread_mutex_unlock(&pm->lock);
+	return 0;
+}

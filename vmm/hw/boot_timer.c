@@ -9,6 +9,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 
 struct boot_timer {
 	uint64_t start_ns;
@@ -52,3 +53,15 @@ static void timer_write(void *opaque, uint64_t offset, const uint8_t *data, uint
 }
 
 const struct bus_ops boot_timer_ops = { .write = timer_write };
+
+void boot_timer_save(struct boot_timer *t, struct snap_writer *w)
+{
+	snap_put_u64(w, atomic_load(&t->elapsed_ns));
+}
+
+/* A restored guest booted long ago: keep the original boot time, so it does not report again. */
+int boot_timer_load(struct boot_timer *t, struct snap_sec *sec, struct cella_err *err)
+{
+	atomic_store(&t->elapsed_ns, snap_get_u64(sec));
+	return 0;
+}

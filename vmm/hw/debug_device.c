@@ -9,6 +9,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 
 struct debug_device {
 	pthread_mutex_t lock;
@@ -55,3 +56,18 @@ static void dbg_write(void *opaque, uint64_t offset, const uint8_t *data, uint32
 }
 
 const struct bus_ops debug_device_ops = { .read = dbg_read, .write = dbg_write };
+
+void debug_device_save(struct debug_device *d, struct snap_writer *w)
+{
+	pthread_mutex_lock(&d->lock);
+	snap_put(w, d->scratch, sizeof(d->scratch));
+	pthread_mutex_unlock(&d->lock);
+}
+
+int debug_device_load(struct debug_device *d, struct snap_sec *sec, struct cella_err *err)
+{
+	pthread_mutex_lock(&d->lock);
+	snap_get(sec, d->scratch, sizeof(d->scratch));
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}

@@ -9,6 +9,12 @@
 #include "vmm/bus.h"
 
 struct cella_err;
+struct snap_writer;
+struct snap_sec;
+
+/* Snapshots: every chip has NAME_save (its state appended to the open section; called with the vCPUs
+ * paused) and NAME_load (read back into a freshly made chip in the restoring process, values
+ * checked; interrupt lines that were high are raised again). */
 
 enum hw_event {
 	HW_EVENT_POWEROFF, /* ACPI S5 */
@@ -40,6 +46,8 @@ size_t serial_8250_rx_room(struct serial_8250 *s);
 /* Queues received bytes (as many as fit); returns how many were taken. */
 size_t serial_8250_receive(struct serial_8250 *s, const uint8_t *buf, size_t len);
 uint64_t serial_8250_tx_count(struct serial_8250 *s);
+void serial_8250_save(struct serial_8250 *s, struct snap_writer *w);
+int serial_8250_load(struct serial_8250 *s, struct snap_sec *sec, struct cella_err *err);
 
 /* --- i8042 keyboard controller, just enough for the reset line (i8042.c) --- */
 #define I8042_DATA_PORT 0x60
@@ -48,12 +56,16 @@ struct i8042;
 extern const struct bus_ops i8042_data_ops, i8042_cmd_ops;
 int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *err);
 void i8042_free(struct i8042 *k);
+void i8042_save(struct i8042 *k, struct snap_writer *w);
+int i8042_load(struct i8042 *k, struct snap_sec *sec, struct cella_err *err);
 
 /* --- ACPI PM1a event and control blocks (acpi_pm.c) --- */
 struct acpi_pm;
 extern const struct bus_ops acpi_pm_evt_ops, acpi_pm_cnt_ops;
 int acpi_pm_new(const struct hw_host *host, struct acpi_pm **out, struct cella_err *err);
 void acpi_pm_free(struct acpi_pm *pm);
+void acpi_pm_save(struct acpi_pm *pm, struct snap_writer *w);
+int acpi_pm_load(struct acpi_pm *pm, struct snap_sec *sec, struct cella_err *err);
 
 /* --- boot timer port (boot_timer.c): the guest writes 123 when its init starts --- */
 #define BOOT_TIMER_PORT 0x440
@@ -65,6 +77,8 @@ int boot_timer_new(uint64_t start_ns, struct boot_timer **out, struct cella_err 
 void boot_timer_free(struct boot_timer *t);
 /* ns from VMM start to the first magic write, 0 if none yet. */
 uint64_t boot_timer_elapsed_ns(struct boot_timer *t);
+void boot_timer_save(struct boot_timer *t, struct snap_writer *w);
+int boot_timer_load(struct boot_timer *t, struct snap_sec *sec, struct cella_err *err);
 
 /* --- legacy ports Linux probes (legacy.c): POST 0x80, CMOS RTC 0x70/0x71, PCI config 0xcf8..0xcff
  * (all-ones: no PCI; a byte write of RST_CPU to 0xcf9 resets) --- */
@@ -73,6 +87,8 @@ int legacy_new(const struct hw_host *host, struct legacy **out, struct cella_err
 void legacy_free(struct legacy *l);
 /* Registers all of its ports on the PIO bus. */
 int legacy_register(struct legacy *l, struct bus *pio, struct cella_err *err);
+void legacy_save(struct legacy *l, struct snap_writer *w);
+int legacy_load(struct legacy *l, struct snap_sec *sec, struct cella_err *err);
 
 /* --- test-only MMIO device (debug_device.c): 8 bytes of scratch register at its base; every write
  * is logged at info level --- */
@@ -81,6 +97,8 @@ struct debug_device;
 extern const struct bus_ops debug_device_ops;
 int debug_device_new(struct debug_device **out, struct cella_err *err);
 void debug_device_free(struct debug_device *d);
+void debug_device_save(struct debug_device *d, struct snap_writer *w);
+int debug_device_load(struct debug_device *d, struct snap_sec *sec, struct cella_err *err);
 
 /* Little-endian helpers for register accesses of 1..8 bytes. */
 static inline uint64_t hw_get_le(const uint8_t *data, uint32_t len)

@@ -11,6 +11,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 
 #define STATUS_OBF 0x01 /* output buffer full: data for the guest at 0x60 */
 #define STATUS_SYS 0x04 /* system flag: self test passed */
@@ -226,3 +227,30 @@ static void cmd_write(void *opaque, uint64_t offset, const uint8_t *data, uint32
 
 const struct bus_ops i8042_data_ops = { .read = data_read, .write = data_write };
 const struct bus_ops i8042_cmd_ops = { .read = cmd_read, .write = cmd_write };
+
+void i8042_save(struct i8042 *k, struct snap_writer *w)
+{
+	pthread_mutex_lock(&k->lock);
+	uint8_t v[] = { k->status, k->ctr, k->outbuf, k->pending_cmd, k->output_port, (uint8_t)k->irq_raised };
+	pthread_mutex_unlock(&k->lock);
+	snap_put(w, v, sizeof(v));
+}
+
+int i8042_load(struct i8042 *k, struct snap_sec *sec, struct cella_err *err)
+{
+	uint8_t v[6];
+	snap_get(sec, v, sizeof(v));
+	if (v[5] != 0 && v[5] != IRQ_KBD && v[5] != IRQ_AUX)
+		return cella_err_set(err, EINVAL, "i8042: raised IRQ %u is neither %d nor %d", v[5], IRQ_KBD, IRQ_AUX);
+	pthread_mutex_lock(&k->lock);
+	k->status = v[0];
+	k->ctr = v[1];
+	k->outbuf = v[2];
+	k->pending_cmd = v[3];
+	k->output_port = v[4];
+	k->irq_raised = v[5];
+	if (k->irq_raised)
+		set_irq(k, k->irq_raised, 1);
+	pthread_mutex_unlock(&k->lock);
+	return 0;
+}

@@ -13,6 +13,7 @@
 #include "base/err.h"
 #include "base/log.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 
 #define POST_PORT 0x80
 #define RTC_PORT 0x70
@@ -125,4 +126,21 @@ int legacy_register(struct legacy *l, struct bus *pio, struct cella_err *err)
 	if (r == 0)
 		r = bus_register(pio, PCI_CONFIG_PORT, 8, &pci_ops, l, "pci-config (absent)", err);
 	return r;
+}
+
+void legacy_save(struct legacy *l, struct snap_writer *w)
+{
+	pthread_mutex_lock(&l->lock);
+	snap_put_u8(w, l->rtc_index);
+	snap_put(w, l->cmos, sizeof(l->cmos));
+	pthread_mutex_unlock(&l->lock);
+}
+
+int legacy_load(struct legacy *l, struct snap_sec *sec, struct cella_err *err)
+{
+	pthread_mutex_lock(&l->lock);
+	l->rtc_index = snap_get_u8(sec) & 0x7f;
+	snap_get(sec, l->cmos, sizeof(l->cmos));
+	pthread_mutex_unlock(&l->lock);
+	return 0;
 }

@@ -16,6 +16,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 
 enum {
 	REG_RBR_THR_DLL = 0,
@@ -323,4 +324,48 @@ uint64_t serial_8250_tx_count(struct serial_8250 *s)
 	uint64_t n = s->tx_count;
 	pthread_mutex_unlock(&s->lock);
 	return n;
+}
+
+void serial_8250_save(struct serial_8250 *s, struct snap_writer *w)
+{
+	pthread_mutex_lock(&s->lock);
+	uint8_t regs[] = { s->ier, s->lcr, s->mcr, s->msr, s->scr, s->dll, s->dlm, s->fcr, s->lsr_errors };
+	snap_put(w, regs, sizeof(regs));
+	snap_put_bool(w, s->thr_ipending);
+	snap_put_u64(w, s->tx_count);
+	snap_put_u32(w, (uint32_t)s->rx_count);
+	for (size_t i = 0; i < s->rx_count; i++) /* oldest first */
+		snap_put_u8(w, s->rx[(s->rx_head + i) % SERIAL_RX_FIFO]);
+	pthread_mutex_unlock(&s->lock);
+}
+
+int serial_8250_load(struct serial_8250 *s, struct snap_sec *sec, struct cella_err *err)
+{
+	uint8_t regs[9];
+	snap_get(sec, regs, sizeof(regs));
+	bool thr = snap_get_bool(sec);
+	uint64_t tx = snap_get_u64(sec);
+	uint32_t n = snap_get_u32(sec);
+	if (n > SERIAL_RX_FIFO)
+		return cella_err_set(err, EINVAL, "serial: %u bytes in a %d-byte receive FIFO", n, SERIAL_RX_FIFO);
+	pthread_mutex_lock(&s->lock);
+	s->ier = regs[0] & 0x0f;
+	s->lcr = regs[1];
+	s->mcr = regs[2] & 0x1f;
+	s->msr = regs[3];
+	s->scr = regs[4];
+	s->dll = regs[5];
+	s->dlm = regs[6];
+	s->fcr = regs[7] & 0xc9;
+	s->lsr_errors = regs[8] & LSR_ERRORS;
+	s->thr_ipending = thr;
+	s->tx_count = tx;
+	s->rx_head = 0;
+	snap_get(sec, s->rx, n);
+	s->rx_count = n;
+	/* The line level follows from the registers: raise it again if a cause is pending. */
+	s->irq_level = false;
+	update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }

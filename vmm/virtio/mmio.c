@@ -7,6 +7,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "vmm/snapfile.h"
 
 #define TRANSPORT_FEATURES \
 	((1ull << VIRTIO_F_VERSION_1) | (1ull << VIRTIO_F_INDIRECT_DESC) | (1ull << VIRTIO_F_EVENT_IDX))
@@ -260,3 +261,91 @@ static void mmio_write(void *opaque, uint64_t off, const uint8_t *data, uint32_t
 }
 
 const struct bus_ops virtio_mmio_ops = { .read = mmio_read, .write = mmio_write };
+
+int virtio_mmio_save(struct virtio_mmio *t, struct snap_writer *w, struct cella_err *err)
+{
+	pthread_mutex_lock(&t->lock);
+	snap_put_u32(w, t->ops->device_id);
+	snap_put_u32(w, t->ops->nqueues);
+	snap_put_u32(w, t->status);
+	snap_put_u32(w, t->dev_features_sel);
+	snap_put_u32(w, t->drv_features_sel);
+	snap_put_u32(w, t->queue_sel);
+	snap_put_u32(w, t->isr);
+	snap_put_u32(w, t->config_generation);
+	snap_put_u64(w, t->drv_features);
+	snap_put_bool(w, t->logged_bad);
+	for (unsigned i = 0; i < t->ops->nqueues; i++) {
+		const struct virtio_mmio_queue *q = &t->q[i];
+		snap_put_u16(w, q->num);
+		snap_put_bool(w, q->ready);
+		snap_put_u64(w, q->desc);
+		snap_put_u64(w, q->driver);
+		snap_put_u64(w, q->device);
+		snap_put_u16(w, q->vq.last_avail);
+		snap_put_u16(w, q->vq.used_idx);
+		snap_put_u16(w, q->vq.signalled_used);
+		snap_put_bool(w, q->vq.signalled_valid);
+		snap_put_bool(w, q->vq.broken);
+	}
+	int r = t->ops->save ? t->ops->save(t->dev, w, err) : 0;
+	pthread_mutex_unlock(&t->lock);
+	return r < 0 ? cella_err_wrap(err, "%s", t->ops->name) : 0;
+}
+
+int virtio_mmio_load(struct virtio_mmio *t, struct snap_sec *s, struct cella_err *err)
+{
+	uint32_t id = snap_get_u32(s), nq = snap_get_u32(s);
+	if (s->bad || id != t->ops->device_id || nq != t->ops->nqueues)
+		return cella_err_set(err, EINVAL, "%s: the snapshot holds virtio device %u with %u queues, this VM has "
+				     "device %u with %u", t->ops->name, id, nq, t->ops->device_id, t->ops->nqueues);
+	pthread_mutex_lock(&t->lock);
+	t->status = snap_get_u32(s) & 0xff;
+	t->dev_features_sel = snap_get_u32(s);
+	t->drv_features_sel = snap_get_u32(s);
+	t->queue_sel = snap_get_u32(s);
+	t->isr = snap_get_u32(s);
+	t->config_generation = snap_get_u32(s);
+	t->drv_features = snap_get_u64(s);
+	t->logged_bad = snap_get_bool(s);
+	int r = 0;
+	if (t->drv_features & ~offered(t))
+		r = cella_err_set(err, EINVAL, "%s: negotiated features 0x%llx include some this device does not offer",
+				  t->ops->name, (unsigned long long)t->drv_features);
+	for (unsigned i = 0; i < nq && r == 0; i++) {
+		struct virtio_mmio_queue *q = &t->q[i];
+		q->num = snap_get_u16(s);
+		q->ready = snap_get_bool(s);
+		q->desc = snap_get_u64(s);
+		q->driver = snap_get_u64(s);
+		q->device = snap_get_u64(s);
+		uint16_t last_avail = snap_get_u16(s), used_idx = snap_get_u16(s), signalled = snap_get_u16(s);
+		bool signalled_valid = snap_get_bool(s), broken = snap_get_bool(s);
+		if (s->bad)
+			break;
+		if (!q->ready)
+			continue;
+		/* Rebind the ring: the same checks as when the driver set QueueReady. */
+		r = vq_setup(&q->vq, t->mem, q->num, q->desc, q->driver, q->device,
+			     virtio_mmio_has_feature(t, VIRTIO_F_EVENT_IDX), err);
+		if (r < 0) {
+			r = cella_err_wrap(err, "%s: queue %u", t->ops->name, i);
+			break;
+		}
+		q->vq.last_avail = last_avail;
+		q->vq.used_idx = used_idx;
+		q->vq.signalled_used = signalled;
+		q->vq.signalled_valid = signalled_valid;
+		q->vq.broken = broken;
+	}
+	if (r == 0 && s->bad)
+		r = snap_sec_done(s, err);
+	if (r == 0 && t->ops->load)
+		r = t->ops->load(t->dev, s, err);
+	if (r == 0) {
+		t->irq_level = false;
+		update_irq(t); /* raises the line again if an interrupt was pending */
+	}
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}

@@ -17,6 +17,8 @@
 #include "vmm/virtio/queue.h"
 
 struct cella_err;
+struct snap_writer;
+struct snap_sec;
 
 #define VIRTIO_MMIO_SIZE 0x200
 #define VIRTIO_MMIO_MAGIC 0x74726976u /* "virt" */
@@ -89,6 +91,18 @@ struct virtio_dev_ops {
 	void (*notify)(void *dev, struct virtio_mmio *t, unsigned q);
 	/* The driver reset the device (status 0): drop in-flight work. May be NULL. */
 	void (*reset)(void *dev);
+
+	/* Snapshots (vmm/snapshot.h). Each may be NULL (no I/O thread / no state beyond the transport).
+	 * pause: the vCPUs are parked; stop taking new work and return once nothing is in flight (no
+	 * more guest-memory writes, no interrupt). resume: start again (also called if a snapshot fails).
+	 * save: with the device paused and the transport lock held, append the device's own state
+	 * (backend positions, config space, counters) to w; the transport saves its registers and
+	 * queues itself. load: in a fresh process, after the transport state is back (queues bound to
+	 * guest memory), read it from s and reattach to the backend; an error names the problem. */
+	void (*pause)(void *dev);
+	void (*resume)(void *dev);
+	int (*save)(void *dev, struct snap_writer *w, struct cella_err *err);
+	int (*load)(void *dev, struct snap_sec *s, struct cella_err *err);
 };
 
 struct virtio_mmio_queue {
@@ -119,6 +133,13 @@ extern const struct bus_ops virtio_mmio_ops;
 int virtio_mmio_init(struct virtio_mmio *t, const struct virtio_dev_ops *ops, void *dev, const struct hw_host *host,
 		     unsigned irq, const struct vq_mem *mem, struct cella_err *err);
 void virtio_mmio_destroy(struct virtio_mmio *t);
+
+/* Snapshot of the transport (status, features, selectors, interrupt state, every queue's addresses
+ * and ring indexes) followed by the device's save hook, as one section. virtio_mmio_load restores
+ * it into a transport set up with the same ops (a fresh virtio_mmio_init), rebinding ready queues to
+ * guest memory (every address checked again) and re-raising the interrupt line if it was high. */
+int virtio_mmio_save(struct virtio_mmio *t, struct snap_writer *w, struct cella_err *err);
+int virtio_mmio_load(struct virtio_mmio *t, struct snap_sec *s, struct cella_err *err);
 
 void virtio_mmio_lock(struct virtio_mmio *t);
 void virtio_mmio_unlock(struct virtio_mmio *t);
