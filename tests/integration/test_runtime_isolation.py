@@ -66,7 +66,8 @@ def netns():
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def test_join_network_namespace_by_path(rt, netns):
+def test_join_network_namespace_by_path(netns, rt):
+    # netns first: `ip netns add` mounts /run/netns once per boot, before rt snapshots the mounts
     path = f"/var/run/netns/{netns}"
 
     def join(c):
