@@ -89,10 +89,14 @@ FUZZ_CC ?= clang
 fuzz_src := $(wildcard tests/fuzz/*.c)
 fuzz_bins := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(fuzz_src))
 fuzz: $(fuzz_bins)
+FUZZ_FLAGS := -I. -D_GNU_SOURCE -std=gnu11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=all
 build/fuzz/fuzz_virtqueue: tests/fuzz/fuzz_virtqueue.c vmm/virtio/queue.c base/err.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -I. -D_GNU_SOURCE -std=gnu11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
-		-fno-sanitize-recover=all -o $@ $^
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+build/fuzz/fuzz_blk: tests/fuzz/fuzz_blk.c vmm/virtio/blk_req.c vmm/virtio/queue.c base/err.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
 test:
 	tests/run

@@ -1,5 +1,6 @@
 /* VM settings: defaults, the JSON form, static checks. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,8 +16,17 @@ void vmm_config_init(struct vmm_config *cfg)
 	*cfg = (struct vmm_config){ .cpus = 1, .memory_mib = VMM_DEFAULT_MEMORY_MIB, .console = VMM_CONSOLE_STDIO };
 }
 
+static void disk_free(struct vmm_disk *d)
+{
+	free(d->path);
+	free(d->id);
+	*d = (struct vmm_disk){ 0 };
+}
+
 void vmm_config_free(struct vmm_config *cfg)
 {
+	for (unsigned i = 0; i < cfg->ndisks; i++)
+		disk_free(&cfg->disks[i]);
 	free(cfg->kernel);
 	free(cfg->initrd);
 	free(cfg->cmdline);
@@ -54,8 +64,161 @@ int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cell
 	return replace(&cfg->console_path, spec, err);
 }
 
+const char *const vmm_ratelimit_keys[] = { "bw", "bw_refill_ms", "bw_burst", "iops", "iops_refill_ms",
+					  "iops_burst", NULL };
+
+int vmm_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t value)
+{
+	uint64_t *slots[] = { &rl->bw.size, &rl->bw.refill_ms, &rl->bw.one_time_burst,
+			      &rl->ops.size, &rl->ops.refill_ms, &rl->ops.one_time_burst };
+	for (size_t i = 0; i < ARRAY_SIZE(slots); i++)
+		if (!strcmp(key, vmm_ratelimit_keys[i])) {
+			*slots[i] = value;
+			return 1;
+		}
+	return 0;
+}
+
+/* "123", "64K", "10M", "1G", "2T" (1024-based). */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	if (!*s || *s < '0' || *s > '9')
+		return -EINVAL;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	unsigned shift = 0;
+	switch (*end) {
+	case '\0': break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: return -EINVAL;
+	}
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int check_disk(const struct vmm_disk *d, const char *where, struct cella_err *err)
+{
+	if (!d->path || !*d->path)
+		return cella_err_set(err, EINVAL, "%s: a disk needs a path", where);
+	if (d->id && strlen(d->id) > VMM_DISK_ID_MAX)
+		return cella_err_set(err, EINVAL, "%s: id \"%s\" is longer than %d bytes", where, d->id, VMM_DISK_ID_MAX);
+	struct ratelimit rl;
+	int r = ratelimit_init(&rl, &d->rl, err);
+	ratelimit_destroy(&rl);
+	return r < 0 ? cella_err_wrap(err, "%s", where) : 0;
+}
+
+int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err)
+{
+	if (cfg->ndisks >= VMM_MAX_DISKS)
+		return cella_err_set(err, E2BIG, "--disk %s: at most %d disks", spec, VMM_MAX_DISKS);
+	_cleanup_free_ char *copy = strdup(spec);
+	if (!copy)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	struct vmm_disk d = { 0 };
+	char *save = NULL;
+	int r = 0;
+	for (char *tok = strtok_r(copy, ",", &save); tok && r == 0; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		if (!d.path) {
+			d.path = strdup(tok);
+			if (!d.path)
+				r = cella_err_set(err, ENOMEM, "out of memory");
+		} else if (!strcmp(tok, "ro")) {
+			d.ro = true;
+		} else if (!strcmp(tok, "rw")) {
+			d.ro = false;
+		} else if (eq && !strncmp(tok, "id=", 3)) {
+			free(d.id);
+			d.id = strdup(eq + 1);
+			if (!d.id)
+				r = cella_err_set(err, ENOMEM, "out of memory");
+		} else if (eq) {
+			*eq = 0;
+			uint64_t v;
+			if (parse_size(eq + 1, &v) < 0)
+				r = cella_err_set(err, EINVAL, "--disk %s: %s: expected a number (suffix K, M, G), got \"%s\"",
+						  spec, tok, eq + 1);
+			else if (!vmm_ratelimit_set(&d.rl, tok, v))
+				r = cella_err_set(err, EINVAL, "--disk %s: unknown option \"%s\" (ro, id=, bw=, bw_refill_ms=, "
+						  "bw_burst=, iops=, iops_refill_ms=, iops_burst=)", spec, tok);
+		} else {
+			r = cella_err_set(err, EINVAL, "--disk %s: unknown option \"%s\"", spec, tok);
+		}
+	}
+	if (r == 0) {
+		char where[64];
+		snprintf(where, sizeof(where), "--disk %s", d.path ? d.path : "");
+		r = check_disk(&d, where, err);
+	}
+	if (r < 0) {
+		disk_free(&d);
+		return r;
+	}
+	cfg->disks[cfg->ndisks++] = d;
+	return 0;
+}
+
+static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_err *err)
+{
+	static const char *const own[] = { "path", "ro", "id" };
+	const char *known[ARRAY_SIZE(own) + 8];
+	size_t nk = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(own); i++)
+		known[nk++] = own[i];
+	for (size_t i = 0; vmm_ratelimit_keys[i]; i++)
+		known[nk++] = vmm_ratelimit_keys[i];
+	known[nk] = NULL;
+	int r = cj_expect_array(arr, "disks", err);
+	if (r < 0)
+		return r;
+	if (json_array_size(arr) > VMM_MAX_DISKS)
+		return cella_err_set(err, E2BIG, "disks: %zu disks, at most %d", json_array_size(arr), VMM_MAX_DISKS);
+	for (unsigned i = 0; i < cfg->ndisks; i++)
+		disk_free(&cfg->disks[i]);
+	cfg->ndisks = 0;
+	for (size_t i = 0; i < json_array_size(arr); i++) {
+		const json_t *o = json_array_get(arr, i);
+		char path[64];
+		cj_subpath_index(path, sizeof(path), "disks", i);
+		if ((r = cj_expect_object(o, path, err)) < 0 || (r = cj_reject_unknown(o, path, known, err)) < 0)
+			return r;
+		struct vmm_disk d = { 0 };
+		const char *s;
+		if ((r = cj_get_string(o, path, "path", true, &s, err)) < 0 || (r = replace(&d.path, s, err)) < 0)
+			goto bad;
+		if ((r = cj_get_string(o, path, "id", false, &s, err)) < 0 || (r > 0 && (r = replace(&d.id, s, err)) < 0))
+			goto bad;
+		if ((r = cj_get_bool(o, path, "ro", false, &d.ro, err)) < 0)
+			goto bad;
+		for (size_t k = 0; vmm_ratelimit_keys[k]; k++) {
+			uint64_t v;
+			if ((r = cj_get_uint64(o, path, vmm_ratelimit_keys[k], false, &v, err)) < 0)
+				goto bad;
+			if (r > 0)
+				vmm_ratelimit_set(&d.rl, vmm_ratelimit_keys[k], v);
+		}
+		if ((r = check_disk(&d, path, err)) < 0)
+			goto bad;
+		cfg->disks[cfg->ndisks++] = d;
+		continue;
+bad:
+		disk_free(&d);
+		return r;
+	}
+	return 0;
+}
+
 /* Every field of the JSON form. vmm_config_to_json must write each one (a unit test checks it). */
-static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", NULL };
+static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", NULL };
 
 static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)
 {
@@ -88,6 +251,9 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 		goto fail;
 	if (r > 0)
 		cfg->rng = b;
+	json_t *disks;
+	if ((r = cj_get_array(j, "", "disks", false, &disks, err)) < 0 || (r > 0 && (r = load_disks(cfg, disks, err)) < 0))
+		goto fail;
 	return 0;
 fail:
 	return cella_err_wrap(err, "%s", path);
@@ -131,6 +297,22 @@ int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_er
 	if (console)
 		bad |= json_object_set_new(j, "console", json_string(console));
 	bad |= json_object_set_new(j, "rng", json_boolean(cfg->rng));
+	json_t *disks = json_array();
+	for (unsigned i = 0; disks && i < cfg->ndisks; i++) {
+		const struct vmm_disk *d = &cfg->disks[i];
+		json_t *o = json_object();
+		const uint64_t vals[] = { d->rl.bw.size, d->rl.bw.refill_ms, d->rl.bw.one_time_burst,
+					  d->rl.ops.size, d->rl.ops.refill_ms, d->rl.ops.one_time_burst };
+		bad |= !o || json_object_set_new(o, "path", json_string(d->path)) ||
+		       json_object_set_new(o, "ro", json_boolean(d->ro));
+		if (o && d->id)
+			bad |= json_object_set_new(o, "id", json_string(d->id));
+		for (size_t k = 0; o && vmm_ratelimit_keys[k]; k++)
+			if (vals[k])
+				bad |= json_object_set_new(o, vmm_ratelimit_keys[k], json_integer((json_int_t)vals[k]));
+		bad |= json_array_append_new(disks, o);
+	}
+	bad |= !disks || json_object_set_new(j, "disks", disks);
 	char *text = bad ? NULL : json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!text)
 		return cella_err_set(err, ENOMEM, "config: cannot write it as JSON");
@@ -148,6 +330,9 @@ int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err)
 		return cella_err_set(err, EINVAL, "memory: %llu MiB is out of range (%d..%llu MiB)",
 				     (unsigned long long)cfg->memory_mib, VMM_MIN_MEMORY_MIB_FLAT,
 				     (unsigned long long)VMM_MAX_MEMORY_MIB);
+	if (cfg->ndisks + (cfg->rng ? 1 : 0) > VMM_MAX_VIRTIO_DEVS)
+		return cella_err_set(err, E2BIG, "%u virtio devices, at most %d", cfg->ndisks + (cfg->rng ? 1 : 0),
+				     VMM_MAX_VIRTIO_DEVS);
 	if (cfg->cmdline && strlen(cfg->cmdline) >= 4096)
 		return cella_err_set(err, E2BIG, "cmdline: %zu bytes, at most 4095", strlen(cfg->cmdline));
 	return 0;

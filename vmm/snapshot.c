@@ -29,12 +29,17 @@ static void devices_pause(struct vm *vm, bool pause)
 {
 	if (vm->devices_paused == pause)
 		return;
+	/* I/O threads held first: then no queue work is in flight while the hooks run */
+	if (pause)
+		vm_virtio_quiesce(vm, true);
 	for (unsigned i = 0; i < vm->nvirtio; i++) {
-		struct virtio_mmio *t = vm->virtio[i].t;
+		struct virtio_mmio *t = &vm->virtio[i]->t;
 		void (*hook)(void *) = pause ? t->ops->pause : t->ops->resume;
 		if (hook)
 			hook(t->dev);
 	}
+	if (!pause)
+		vm_virtio_quiesce(vm, false);
 	vm->devices_paused = pause;
 }
 
@@ -219,9 +224,9 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 		goto out;
 	save_devices(vm, &w);
 	for (unsigned i = 0; i < vm->nvirtio && r == 0; i++) {
-		snap_begin(&w, "virtio.%s", vm->virtio[i].name);
-		snap_put_u64(&w, vm->virtio[i].base);
-		r = virtio_mmio_save(vm->virtio[i].t, &w, err);
+		snap_begin(&w, "virtio.%s", vm->virtio[i]->name);
+		snap_put_u64(&w, vm->virtio[i]->base);
+		r = virtio_mmio_save(&vm->virtio[i]->t, &w, err);
 		snap_end(&w);
 	}
 	if (r < 0)
@@ -322,7 +327,7 @@ static int count_virtio(struct snap_sec *s, void *ctx)
 	struct virtio_count *c = ctx;
 	c->n++;
 	for (unsigned i = 0; i < c->vm->nvirtio; i++)
-		if (!strcmp(s->name + strlen("virtio."), c->vm->virtio[i].name))
+		if (!strcmp(s->name + strlen("virtio."), c->vm->virtio[i]->name))
 			return 0;
 	c->unknown = s->name;
 	return -1;
@@ -375,14 +380,14 @@ int vm_restore_devices(struct vm *vm, const struct snap_file *f, struct cella_er
 				     c.unknown ? c.unknown : "virtio devices differ from the config");
 	for (unsigned i = 0; i < vm->nvirtio; i++) {
 		struct snap_sec s;
-		if ((r = snap_need(f, &s, err, "virtio.%s", vm->virtio[i].name)) < 0)
+		if ((r = snap_need(f, &s, err, "virtio.%s", vm->virtio[i]->name)) < 0)
 			return r;
 		uint64_t base = snap_get_u64(&s);
-		if (base != vm->virtio[i].base)
+		if (base != vm->virtio[i]->base)
 			return cella_err_set(err, EINVAL, "state file: %s at 0x%" PRIx64 ", this VM has it at 0x%" PRIx64,
-					     vm->virtio[i].name, base, vm->virtio[i].base);
-		if ((r = virtio_mmio_load(vm->virtio[i].t, &s, err)) < 0 || (r = snap_sec_done(&s, err)) < 0)
-			return cella_err_wrap(err, "restoring %s", vm->virtio[i].name);
+					     vm->virtio[i]->name, base, vm->virtio[i]->base);
+		if ((r = virtio_mmio_load(&vm->virtio[i]->t, &s, err)) < 0 || (r = snap_sec_done(&s, err)) < 0)
+			return cella_err_wrap(err, "restoring %s", vm->virtio[i]->name);
 	}
 	return 0;
 }

@@ -69,6 +69,9 @@ int vm_open_kvm(struct vm *vm, const char *path, unsigned ncpus, struct cella_er
 	if (ncpus > (unsigned)max_vcpus)
 		return cella_err_set(err, EINVAL, "cpus: %u vCPUs requested, this KVM supports at most %d", ncpus,
 				     max_vcpus);
+	/* Optional: device notifications and interrupts without a trip through user space. */
+	vm->has_ioeventfd = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IOEVENTFD) > 0;
+	vm->has_irqfd = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IRQFD) > 0;
 	int mmap_size = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (mmap_size < (int)sizeof(struct kvm_run))
 		return cella_err_sys(err, mmap_size < 0 ? errno : EINVAL, "%s: KVM_GET_VCPU_MMAP_SIZE", path);
@@ -142,18 +145,22 @@ int vm_set_irq(struct vm *vm, unsigned irq, int level)
 	return 0;
 }
 
-int vm_add_virtio(struct vm *vm, struct virtio_mmio *t, uint64_t base, const char *name, struct cella_err *err)
+int vm_ioeventfd(struct vm *vm, uint64_t addr, uint32_t len, uint64_t datamatch, int fd, bool assign)
 {
-	if (vm->nvirtio == VMM_MAX_VIRTIO)
-		return cella_err_set(err, ENOSPC, "%s: more than %d virtio devices", name, VMM_MAX_VIRTIO);
-	for (unsigned i = 0; i < vm->nvirtio; i++)
-		if (!strcmp(vm->virtio[i].name, name))
-			return cella_err_set(err, EEXIST, "%s: a virtio device of that name exists", name);
-	int r = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_ops, t, name, err);
-	if (r < 0)
-		return r;
-	vm->virtio[vm->nvirtio++] = (struct vm_virtio){ .t = t, .base = base, .name = name };
-	return 0;
+	struct kvm_ioeventfd io = {
+		.datamatch = datamatch,
+		.addr = addr,
+		.len = len,
+		.fd = fd,
+		.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN),
+	};
+	return ioctl(vm->vm_fd, KVM_IOEVENTFD, &io) < 0 ? -errno : 0;
+}
+
+int vm_irqfd(struct vm *vm, unsigned gsi, int fd, bool assign)
+{
+	struct kvm_irqfd irqfd = { .fd = (uint32_t)fd, .gsi = gsi, .flags = assign ? 0 : KVM_IRQFD_FLAG_DEASSIGN };
+	return ioctl(vm->vm_fd, KVM_IRQFD, &irqfd) < 0 ? -errno : 0;
 }
 
 void vm_close(struct vm *vm)

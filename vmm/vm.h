@@ -15,8 +15,7 @@
 #include "vmm/hw/hw.h"
 #include "vmm/vmm.h"
 
-#define VMM_MAX_VIRTIO 16
-
+struct iothread;
 struct kvm_run;
 struct kvm_cpuid2;
 struct x86_boot_entry;
@@ -31,9 +30,31 @@ struct vcpu {
 	bool thread_started;
 };
 
+/* One virtio-mmio device of the VM (vdev.c): slot i sits at VMM_VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE
+ * with its own GSI, and is announced in the DSDT. */
+struct virtio_slot {
+	struct virtio_mmio t;
+	struct vm *vm;
+	char name[32];           /* "virtio-blk0": unique, names the device's snapshot section */
+	uint64_t base;
+	unsigned gsi;
+	struct iothread *io;     /* where the device's work runs (shared or its own) */
+	bool own_io;
+	int irq_fd;              /* KVM_IRQFD eventfd, or -1 (KVM_IRQ_LINE) */
+	int kick_fd[VIRTIO_MMIO_MAX_QUEUES];
+	bool ioeventfd[VIRTIO_MMIO_MAX_QUEUES]; /* kick_fd[q] registered with KVM_IOEVENTFD */
+	struct virtio_kick {
+		struct virtio_slot *slot;
+		unsigned q;
+	} kick[VIRTIO_MMIO_MAX_QUEUES];
+	void *dev;
+	void (*dev_free)(void *dev);
+};
+
 struct vm {
 	/* KVM */
 	int kvm_fd, vm_fd;
+	bool has_ioeventfd, has_irqfd; /* KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD */
 	size_t vcpu_mmap_size;
 	struct kvm_cpuid2 *cpuid; /* supported table; per-vCPU tables are derived from it */
 
@@ -54,15 +75,10 @@ struct vm {
 	struct legacy *legacy;
 	struct debug_device *debug_device;
 	struct vq_mem gmem;        /* guest RAM as virtio queues see it */
-	struct virtio_mmio *rng;   /* --rng */
-	/* Every virtio-mmio transport, in registration order (vm_add_virtio): snapshots, pause and
-	 * restore walk this list. */
-	struct vm_virtio {
-		struct virtio_mmio *t;
-		uint64_t base;
-		const char *name;
-	} virtio[VMM_MAX_VIRTIO];
-	unsigned nvirtio;
+	struct virtio_slot *virtio[VMM_MAX_VIRTIO_DEVS]; /* in slot order */
+	unsigned nvirtio;          /* snapshots, pause and restore walk virtio[0..nvirtio) */
+	uint32_t gsi_used;         /* IOAPIC pins taken (bit n = GSI n) */
+	struct iothread *io;       /* the shared I/O thread; NULL until a device asks for it */
 	bool ram_from_file; /* restored: ram is a MAP_PRIVATE mapping of the snapshot's memory file */
 
 	uint64_t start_ns;
@@ -92,10 +108,29 @@ int vm_create(struct vm *vm, struct cella_err *err);
 /* Maps guest RAM (anonymous, MAP_NORESERVE). */
 int vm_alloc_ram(struct vm *vm, uint64_t size, struct cella_err *err);
 int vm_set_irq(struct vm *vm, unsigned irq, int level);
-/* Puts a virtio-mmio transport on the MMIO bus at base and in vm->virtio (snapshots find it there).
- * name ("virtio-blk0") must outlive the VM and be unique: it names the device's snapshot section. */
-int vm_add_virtio(struct vm *vm, struct virtio_mmio *t, uint64_t base, const char *name, struct cella_err *err);
 void vm_close(struct vm *vm);
+/* KVM_IOEVENTFD with datamatch (assign or deassign), KVM_IRQFD. 0 or -errno. */
+int vm_ioeventfd(struct vm *vm, uint64_t addr, uint32_t len, uint64_t datamatch, int fd, bool assign);
+int vm_irqfd(struct vm *vm, unsigned gsi, int fd, bool assign);
+
+/* vdev.c: the VM's virtio-mmio devices */
+/* Hands out a free IOAPIC line for a device (lines of the emulated chips and ISA legacy ones are
+ * never given). */
+int vm_alloc_gsi(struct vm *vm, unsigned *gsi, struct cella_err *err);
+#define VDEV_OWN_THREAD 1u /* the device gets an I/O thread of its own (blocking disk I/O) */
+/* Adds a virtio-mmio device in the next slot: a GSI, the transport, an eventfd per queue (KVM_IOEVENTFD
+ * on QueueNotify when KVM has it) watched by the I/O thread, an irqfd (when KVM has it), the bus range.
+ * dev and dev_free pass to the VM in every case: on failure dev_free(dev) has been called. The device
+ * may watch more fds on slot->io (iothread_add) before vm_virtio_start. */
+int vm_virtio_add(struct vm *vm, const struct virtio_dev_ops *ops, void *dev, void (*dev_free)(void *dev),
+		  unsigned flags, struct virtio_slot **out, struct cella_err *err);
+/* Holds (pause) or releases every I/O thread: when vm_virtio_quiesce(vm, true) returns no device
+ * callback runs, so no device touches guest memory or raises an interrupt (snapshots). */
+void vm_virtio_quiesce(struct vm *vm, bool pause);
+/* Starts the I/O threads (after every device is added, before the vCPUs). */
+int vm_virtio_start(struct vm *vm, struct cella_err *err);
+/* Stops the I/O threads, unbinds eventfds from KVM, frees the devices (after the vCPUs stopped). */
+void vm_virtio_free(struct vm *vm);
 
 /* First caller wins; wakes the VMM thread. Safe from any thread. */
 void vm_request_end(struct vm *vm, enum vmm_outcome outcome, int sig, const char *fmt, ...)

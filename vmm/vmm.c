@@ -23,6 +23,7 @@
 #include "vmm/console.h"
 #include "vmm/snapfile.h"
 #include "vmm/snapshot.h"
+#include "vmm/virtio/blk.h"
 #include "vmm/vm.h"
 #include "vmm/x86/boot.h"
 #include "vmm/x86/cpu.h"
@@ -87,7 +88,8 @@ static void host_wake(void *ctx)
 
 /* --- setup --- */
 
-static int load_guest(struct vm *vm, const struct vmm_config *cfg, struct x86_boot_entry *entry,
+/* *is_linux: the kernel is a Linux one (boot tables and ACPI wanted), not a flat test binary. */
+static int load_guest(struct vm *vm, const struct vmm_config *cfg, struct x86_boot_entry *entry, bool *is_linux,
 		      struct cella_err *err)
 {
 	struct mapped_file kernel = { 0 }, initrd = { 0 };
@@ -121,13 +123,9 @@ static int load_guest(struct vm *vm, const struct vmm_config *cfg, struct x86_bo
 		.ncpus = cfg->cpus,
 	};
 	r = x86_load_kernel(&gm, &params, entry, err);
-	if (r == 0 && kind != X86_KERNEL_FLAT) {
-		/* virtio-mmio devices are found through the DSDT (Debian's kernel lacks the cmdline option) */
-		struct x86_acpi_dev rng = { VMM_VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VMM_VIRTIO_RNG_IRQ };
+	*is_linux = kind != X86_KERNEL_FLAT;
+	if (r == 0 && *is_linux) /* ACPI comes once the devices are known (write_acpi) */
 		r = x86_write_mptable(&gm, cfg->cpus, err);
-		if (r == 0)
-			r = x86_write_acpi_devs(&gm, cfg->cpus, &rng, cfg->rng ? 1 : 0, err);
-	}
 	if (r == 0)
 		log_debug("kernel %s loaded as %s; entry mode %d at 0x%" PRIx64, cfg->kernel,
 			  kind == X86_KERNEL_BZIMAGE ? "bzImage" : kind == X86_KERNEL_ELF_PVH ? "ELF (PVH)" : "flat binary",
@@ -138,24 +136,24 @@ out:
 	return r;
 }
 
-/* virtio-rng on the MMIO bus; its queues see guest RAM as the two KVM slots map it. */
-static int add_rng(struct vm *vm, struct cella_err *err)
+/* Guest RAM as virtio queues see it: the two KVM slots. */
+static void setup_gmem(struct vm *vm)
 {
 	uint64_t low = vm->ram_size < X86_MMIO_GAP_START ? vm->ram_size : X86_MMIO_GAP_START;
 	vm->gmem = (struct vq_mem){ .r = { { .gpa = 0, .size = low, .host = vm->ram } }, .n = 1 };
 	if (vm->ram_size > low)
 		vm->gmem.r[vm->gmem.n++] = (struct vq_mem_region){ .gpa = X86_MMIO_GAP_END, .size = vm->ram_size - low,
 								   .host = vm->ram + low };
-	vm->rng = calloc(1, sizeof(*vm->rng));
-	if (!vm->rng)
-		return cella_err_set(err, ENOMEM, "virtio-rng: out of memory");
-	int r = virtio_mmio_init(vm->rng, &virtio_rng_ops, NULL, &vm->host, VMM_VIRTIO_RNG_IRQ, &vm->gmem, err);
-	if (r < 0) {
-		free(vm->rng);
-		vm->rng = NULL;
-		return r;
-	}
-	return vm_add_virtio(vm, vm->rng, VMM_VIRTIO_MMIO_BASE, "virtio-rng", err);
+}
+
+/* The DSDT lists every virtio-mmio device (Debian's kernel lacks the virtio_mmio.device= option). */
+static int write_acpi(struct vm *vm, const struct vmm_config *cfg, struct cella_err *err)
+{
+	struct x86_guest_mem gm = { .host = vm->ram, .size = vm->ram_size };
+	struct x86_acpi_dev devs[VMM_MAX_VIRTIO_DEVS];
+	for (unsigned i = 0; i < vm->nvirtio; i++)
+		devs[i] = (struct x86_acpi_dev){ vm->virtio[i]->base, VIRTIO_MMIO_SIZE, vm->virtio[i]->gsi };
+	return x86_write_acpi_devs(&gm, cfg->cpus, devs, vm->nvirtio, err);
 }
 
 static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, struct cella_err *err)
@@ -187,8 +185,15 @@ static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, 
 			return r;
 	if ((r = legacy_register(vm->legacy, &vm->pio, err)) < 0)
 		return r;
-	if (cfg->rng && (r = add_rng(vm, err)) < 0)
+	/* IOAPIC lines of the emulated chips and the ISA legacy ones never go to virtio devices */
+	vm->gsi_used = 1u << 0 | 1u << 1 | 1u << 2 | 1u << SERIAL_COM1_IRQ | 1u << 8 | 1u << X86_ACPI_SCI_IRQ |
+		       1u << 12 | 1u << 13;
+	setup_gmem(vm);
+	if (cfg->rng && (r = vm_virtio_add(vm, &virtio_rng_ops, NULL, NULL, 0, NULL, err)) < 0)
 		return r;
+	for (unsigned i = 0; i < cfg->ndisks; i++)
+		if ((r = blk_add(vm, &cfg->disks[i], err)) < 0)
+			return r;
 	if (cfg->debug_device) {
 		if ((r = debug_device_new(&vm->debug_device, err)) < 0 ||
 		    (r = bus_register(&vm->mmio, VMM_DEBUG_DEVICE_ADDR, DEBUG_DEVICE_LEN, &debug_device_ops,
@@ -206,11 +211,7 @@ static void free_devices(struct vm *vm)
 	boot_timer_free(vm->boot_timer);
 	legacy_free(vm->legacy);
 	debug_device_free(vm->debug_device);
-	if (vm->rng) {
-		virtio_mmio_destroy(vm->rng);
-		free(vm->rng);
-	}
-	vm->rng = NULL;
+	vm_virtio_free(vm);
 	vm->serial = NULL;
 	vm->i8042 = NULL;
 	vm->acpi_pm = NULL;
@@ -401,12 +402,15 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 		sigaddset(&stop_sigs, SNAPSHOT_SIGNAL);
 	bool masked = false, stopped = true;
 	struct x86_boot_entry entry = { 0 };
+	bool linux_guest = false;
 
 	int r = vmm_config_check(cfg, err);
 	if (r == 0 && restore)
 		r = vm_restore_memory(vm, cfg->restore_memory, cfg->memory_mib << 20, err);
 	else if (r == 0)
-		r = load_guest(vm, cfg, &entry, err);
+		r = load_guest(vm, cfg, &entry, &linux_guest, err);
+	for (unsigned i = 0; i < cfg->ndisks && r == 0; i++)
+		r = blk_check(&cfg->disks[i], err);
 	if (r == 0)
 		r = vm_open_kvm(vm, cfg->kvm_device ? cfg->kvm_device : "/dev/kvm", cfg->cpus, err);
 	if (r == 0)
@@ -422,7 +426,8 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 	}
 	if ((r = console_open(&con, cfg, err)) < 0)
 		goto out;
-	if ((r = add_devices(vm, cfg, con.out_fd, err)) < 0)
+	if ((r = add_devices(vm, cfg, con.out_fd, err)) < 0 ||
+	    (linux_guest && (r = write_acpi(vm, cfg, err)) < 0))
 		goto out;
 	for (unsigned i = 0; i < cfg->cpus && r == 0; i++)
 		r = vcpu_create(vm, i, restore ? NULL : &entry, err);
@@ -464,7 +469,9 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 		for (unsigned i = 0; i < cfg->cpus; i++)
 			vcpu_kick(&vm->vcpus[i]);
 	}
-	r = vcpus_start(vm, err);
+	r = vm_virtio_start(vm, err);
+	if (r == 0)
+		r = vcpus_start(vm, err);
 	if (r == 0)
 		event_loop(vm, &con, sig_fd);
 	else

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vmm/ratelimit.h"
+
 struct cella_err;
 
 #define VMM_MAX_CPUS 32
@@ -20,12 +22,36 @@ struct cella_err;
 #define VMM_DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=1"
 #define VMM_MAX_KERNEL_BYTES (512ull << 20)
 #define VMM_DEBUG_DEVICE_ADDR 0xd0000000ull /* --debug-device: a test-only MMIO scratch register */
-/* virtio-mmio devices: 0x200 bytes each from here, on ISA IRQ 5 (free: COM1 is 4, i8042 1/12, SCI 9). */
+/* virtio-mmio devices: slot i at VMM_VIRTIO_MMIO_BASE + i * 0x200, each on its own IOAPIC line (the
+ * first device gets IRQ 5; see vm_alloc_gsi). */
 #define VMM_VIRTIO_MMIO_BASE 0xd0001000ull
-#define VMM_VIRTIO_RNG_IRQ 5
 /* File names inside a snapshot directory (cella-vmm --snapshot-dir, --restore DIR). */
 #define VMM_SNAPSHOT_STATE_FILE "state"
 #define VMM_SNAPSHOT_MEMORY_FILE "memory"
+#define VMM_MAX_VIRTIO_DEVS 16
+
+#define VMM_MAX_DISKS 8
+#define VMM_DISK_ID_MAX 20 /* virtio-blk GET_ID: 20 bytes */
+
+/* --disk PATH[,ro][,id=NAME][,RATE-LIMIT...] / "disks": [{"path", "ro", "id", RATE-LIMIT...}] */
+struct vmm_disk {
+	char *path;
+	char *id;   /* NULL = none (GET_ID answers UNSUPP) */
+	bool ro;    /* VIRTIO_BLK_F_RO; the file is opened read-only */
+	struct ratelimit_cfg rl;
+};
+
+/* Rate-limit settings shared by devices (disks now, network next), the same names on the command
+ * line (KEY=VALUE) and in JSON ("KEY": number); sizes take K/M/G suffixes (1024-based) on the
+ * command line:
+ *	bw=BYTES           bandwidth bucket size, refilled every bw_refill_ms: BYTES per second by default
+ *	bw_refill_ms=MS    (default 1000)
+ *	bw_burst=BYTES     one-time burst on top of the bucket
+ *	iops=N, iops_refill_ms=MS, iops_burst=N   the same for operations
+ * Returns 1 when key is one of these (value stored), 0 when it is not. */
+int vmm_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t value);
+/* The keys above, NULL-terminated (for JSON unknown-field checks). */
+extern const char *const vmm_ratelimit_keys[];
 
 enum vmm_console {
 	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
@@ -43,7 +69,9 @@ struct vmm_config {
 	char *console_path; /* VMM_CONSOLE_FILE */
 	char *kvm_device;   /* NULL = /dev/kvm */
 	bool debug_device;  /* test-only MMIO device at VMM_DEBUG_DEVICE_ADDR */
-	bool rng;           /* virtio-rng at VMM_VIRTIO_MMIO_BASE */
+	bool rng;           /* virtio-rng */
+	struct vmm_disk disks[VMM_MAX_DISKS]; /* virtio-blk, in order (vda, vdb, ...) */
+	unsigned ndisks;
 
 	/* Snapshots (issue 6, vmm/snapshot.h). Not part of the JSON config. */
 	char *snapshot_dir;    /* SIGUSR2 pauses the VM, writes DIR/state and DIR/memory, resumes */
@@ -58,8 +86,12 @@ void vmm_config_free(struct vmm_config *cfg);
 /* "stdio", "none" or a file path. */
 int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
-/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng"}) over cfg:
- * fields present replace cfg's values. Unknown fields are errors naming the field. */
+/* Parses one --disk value ("PATH[,ro][,id=NAME][,bw=..]...") and appends the disk. */
+int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err);
+
+/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks"})
+ * over cfg: fields present replace cfg's values ("disks" replaces the list). Unknown fields are errors
+ * naming the field. */
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
 
 /* The config as the JSON that vmm_config_load_json reads (every field it knows; a snapshot stores it

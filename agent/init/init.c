@@ -7,6 +7,10 @@
  *      line (relative to /lib/modules/ or absolute; '#' starts a comment), in order;
  *      a missing file or an already loaded / built-in module is not an error;
  *      "MOD.param=value" words on the kernel command line are passed to MOD, as kmod does;
+ *   2b. with "cella.root=DEV" (e.g. /dev/vda): wait up to 10 s for DEV, mount it
+ *      ("cella.rootfstype=", default ext4; "cella.rootflags=ro" mounts read-only) and switch
+ *      to it as the root (/dev, /proc, /sys move along); the command then runs from that disk;
+ *      on failure the reason is printed and the initramfs stays the root;
  *   3. write 123 to the boot-timer I/O port 0x440 (the VMM logs the time it sees it);
  *   4. print "CELLA-INIT-READY uptime=<seconds>" on the console;
  *   5. run the command, if any, with /bin/sh -c, else an interactive /bin/sh on the
@@ -377,6 +381,43 @@ static void reap_all(void)
 		;
 }
 
+/* Mounts dev as the new root and moves into it (switch_root without deleting the initramfs: it
+ * is small and the guest short-lived). Returns 0 or -1 after saying why. */
+static int switch_root(const char *dev, const char *fstype, const char *flags)
+{
+	struct stat st;
+	int tries = 0;
+	/* the disk's driver probes asynchronously: give it a moment to appear */
+	while (stat(dev, &st) < 0 && tries++ < 1000)
+		usleep(10000);
+	if (tries > 1000) {
+		say("cella-init: root %s: does not appear\n", dev);
+		return -1;
+	}
+	unsigned long mflags = flags && strcmp(flags, "ro") == 0 ? MS_RDONLY : 0;
+	if (mkdir("/newroot", 0755) < 0 && errno != EEXIST) {
+		say("cella-init: mkdir /newroot: %s\n", strerror(errno));
+		return -1;
+	}
+	if (mount(dev, "/newroot", fstype, mflags, NULL) < 0) {
+		say("cella-init: mount %s (%s) as root: %s\n", dev, fstype, strerror(errno));
+		return -1;
+	}
+	static const char *const keep[] = { "/dev", "/proc", "/sys" };
+	for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "/newroot%s", keep[i]);
+		mkdir(to, 0755); /* fails on a read-only root that lacks it: the move then says why */
+		if (mount(keep[i], to, NULL, MS_MOVE, NULL) < 0)
+			say("cella-init: move %s to the new root: %s\n", keep[i], strerror(errno));
+	}
+	if (chdir("/newroot") < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) {
+		say("cella-init: switch to root %s: %s\n", dev, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_shutdown_signal };
@@ -404,6 +445,15 @@ int main(int argc, char **argv)
 	}
 
 	load_modules(cmdline);
+	char *root = cmdline_value(cmdline, "cella.root");
+	if (root) {
+		char *fstype = cmdline_value(cmdline, "cella.rootfstype");
+		char *rflags = cmdline_value(cmdline, "cella.rootflags");
+		switch_root(root, fstype ? fstype : "ext4", rflags);
+		free(fstype);
+		free(rflags);
+		free(root);
+	}
 	boot_timer();
 
 	char uptime[64] = "?";

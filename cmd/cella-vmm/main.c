@@ -28,12 +28,22 @@ static const char usage[] =
 	"  --cpus N             vCPUs, 1..32 (default 1)\n"
 	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
 	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
-	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng}; flags override\n"
+	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, disks};\n"
+	"                       flags override, --disk adds to the config's disks\n"
 	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
 	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
-	"  --rng                virtio-rng (entropy from the host's getrandom) on virtio-mmio at 0xd0001000,\n"
-	"                       IRQ 5; JSON: \"rng\": true\n"
+	"  --rng                virtio-rng (entropy from the host's getrandom); JSON: \"rng\": true\n"
+	"  --disk PATH[,OPT...] virtio-blk on a raw disk file (repeatable, up to 8: vda, vdb, ...). OPT:\n"
+	"                         ro               read-only (VIRTIO_BLK_F_RO; the file is opened read-only)\n"
+	"                         id=NAME          serial the guest reads (/sys/block/vdX/serial), <= 20 bytes\n"
+	"                         bw=BYTES         bandwidth limit: bucket of BYTES refilled every bw_refill_ms\n"
+	"                                          (default 1000, so BYTES per second); K/M/G suffixes\n"
+	"                         bw_refill_ms=MS  bw_burst=BYTES (one-time burst on top)\n"
+	"                         iops=N iops_refill_ms=MS iops_burst=N   the same for requests\n"
+	"                       JSON: \"disks\": [{\"path\": P, \"ro\": true, \"id\": S, \"bw\": N, ...}]\n"
+	"                       Virtio devices sit at 0xd0001000 + 0x200 * i (rng first, then disks), each on\n"
+	"                       its own IRQ (5, 6, 7, 10, 11, 16...), listed in the ACPI DSDT.\n"
 	"  --snapshot-dir DIR   on SIGUSR2: pause the VM, write DIR/state and DIR/memory, resume\n"
 	"                       (the control API's PUT /snapshot/create is the other way in)\n"
 	"  --restore DIR        run the VM saved in DIR/state + DIR/memory instead of booting: the\n"
@@ -58,6 +68,7 @@ enum {
 	OPT_RNG,
 	OPT_SNAPSHOT_DIR,
 	OPT_RESTORE,
+	OPT_DISK,
 };
 
 static const struct option options[] = {
@@ -74,6 +85,7 @@ static const struct option options[] = {
 	{ "rng", no_argument, NULL, OPT_RNG },
 	{ "snapshot-dir", required_argument, NULL, OPT_SNAPSHOT_DIR },
 	{ "restore", required_argument, NULL, OPT_RESTORE },
+	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -165,6 +177,12 @@ int main(int argc, char **argv)
 		case OPT_RNG: flags.rng = true; break;
 		case OPT_SNAPSHOT_DIR: r = set_string(&flags.snapshot_dir, optarg); break;
 		case OPT_RESTORE: restore = optarg; break;
+		case OPT_DISK:
+			if (vmm_config_add_disk(&flags, optarg, &err) < 0) {
+				status = fail("%s", err.msg);
+				goto out;
+			}
+			break;
 		case 'h':
 			fputs(usage, stdout);
 			status = 0;
@@ -226,6 +244,15 @@ int main(int argc, char **argv)
 	cfg.debug_device = flags.debug_device;
 	if (flags.rng)
 		cfg.rng = true;
+	for (unsigned i = 0; i < flags.ndisks; i++) {
+		if (cfg.ndisks >= VMM_MAX_DISKS) {
+			status = fail("--disk %s: at most %d disks (with the config's)", flags.disks[i].path, VMM_MAX_DISKS);
+			goto out;
+		}
+		cfg.disks[cfg.ndisks++] = flags.disks[i]; /* moved: flags no longer owns it */
+		flags.disks[i] = (struct vmm_disk){ 0 };
+	}
+	flags.ndisks = 0;
 	if (console && vmm_config_set_console(&cfg, console, &err) < 0) {
 		status = fail("%s", err.msg);
 		goto out;

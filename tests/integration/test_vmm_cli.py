@@ -154,3 +154,54 @@ def test_config_values_and_flag_override(tmp_path, hello):
 def test_bad_log_level_and_stray_argument(hello):
     vmm_fails("--kernel", hello, "--log-level", "loud", match="--log-level: expected debug")
     vmm_fails("--kernel", hello, "extra", match='unexpected argument "extra"')
+
+
+def test_disk_option_errors(tmp_path, hello):
+    d = tmp_path / "d.img"
+    d.write_bytes(bytes(4096))
+    vmm_fails("--kernel", hello, "--disk", f"{d},rw,foo", match='unknown option "foo"')
+    vmm_fails("--kernel", hello, "--disk", f"{d},bw=10Q", match='bw: expected a number')
+    vmm_fails("--kernel", hello, "--disk", f"{d},id=" + "x" * 21, match="longer than 20 bytes")
+    vmm_fails("--kernel", hello, "--disk", f"{d},bw_burst=1M", match="burst or refill time without a size")
+    vmm_fails("--kernel", hello, *sum([["--disk", str(d)]] * 9, []), match="at most 8 disks")
+    # files are checked before KVM is opened
+    vmm_fails("--kernel", hello, "--disk", str(tmp_path / "nope"), "--kvm-device", NO_KVM,
+              match="No such file or directory")
+    (tmp_path / "tiny.img").write_bytes(b"x" * 100)
+    vmm_fails("--kernel", hello, "--disk", str(tmp_path / "tiny.img"), "--kvm-device", NO_KVM,
+              match="smaller than one 512-byte sector")
+    vmm_fails("--kernel", hello, "--disk", str(tmp_path), "--kvm-device", NO_KVM, match="Is a directory")
+    vmm_fails("--kernel", hello, "--disk", "/dev/null,ro", "--kvm-device", NO_KVM,
+              match="not a regular file or block device")
+    # a good disk gets as far as KVM
+    vmm_fails("--kernel", hello, "--disk", f"{d},ro,id=data,bw=1M,iops=100", "--kvm-device", NO_KVM,
+              match=NO_KVM)
+
+
+def test_disk_locked_by_another_writer(tmp_path, hello):
+    import fcntl
+    d = tmp_path / "d.img"
+    d.write_bytes(bytes(4096))
+    with open(d, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        vmm_fails("--kernel", hello, "--disk", str(d), "--kvm-device", NO_KVM, match="already in use")
+
+
+def test_config_disks(tmp_path, hello):
+    d = tmp_path / "d.img"
+    d.write_bytes(bytes(4096))
+    c = tmp_path / "vm.json"
+    c.write_text(json.dumps({"kernel": hello, "disks": [{"path": str(d), "size": 3}]}))
+    vmm_fails("--config", str(c), match="disks[0].size: unknown field")
+    c.write_text(json.dumps({"kernel": hello, "disks": {"path": str(d)}}))
+    vmm_fails("--config", str(c), match="disks: expected array")
+    c.write_text(json.dumps({"kernel": hello, "disks": [{"ro": True}]}))
+    vmm_fails("--config", str(c), match="disks[0].path: required")
+    c.write_text(json.dumps({"kernel": hello, "disks": [{"path": str(d), "bw": -1}]}))
+    vmm_fails("--config", str(c), match="disks[0].bw")
+    c.write_text(json.dumps({"kernel": hello, "disks": [{"path": str(tmp_path / "nope")}]}))
+    vmm_fails("--config", str(c), "--kvm-device", NO_KVM, match="No such file")
+    # config disks and --disk add up
+    c.write_text(json.dumps({"kernel": hello, "disks": [{"path": str(d), "ro": True, "id": "a", "bw": 1048576,
+                                                         "bw_refill_ms": 100, "iops": 10}]}))
+    vmm_fails("--config", str(c), "--disk", str(tmp_path / "nope2"), "--kvm-device", NO_KVM, match="nope2")

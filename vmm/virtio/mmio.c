@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "base/log.h"
@@ -28,6 +29,12 @@ static void update_irq(struct virtio_mmio *t)
 	if (level == t->irq_level)
 		return;
 	t->irq_level = level;
+	if (t->irq_fd >= 0) {
+		uint64_t one = 1;
+		if (level && write(t->irq_fd, &one, sizeof(one)) < 0)
+			log_debug("%s: irqfd: %s", t->ops->name, strerror(errno));
+		return;
+	}
 	int r = t->host->set_irq(t->host->ctx, t->irq, level);
 	if (r < 0)
 		log_debug("%s: irq %u: %s", t->ops->name, t->irq, strerror(-r));
@@ -42,6 +49,7 @@ static void reset(struct virtio_mmio *t)
 	t->drv_features = 0;
 	t->isr = 0;
 	t->logged_bad = false;
+	t->epoch++;
 	for (unsigned i = 0; i < VIRTIO_MMIO_MAX_QUEUES; i++)
 		memset(&t->q[i], 0, sizeof(t->q[i]));
 	update_irq(t);
@@ -64,6 +72,9 @@ int virtio_mmio_init(struct virtio_mmio *t, const struct virtio_dev_ops *ops, vo
 	t->host = host;
 	t->irq = irq;
 	t->mem = mem;
+	t->irq_fd = -1;
+	for (unsigned i = 0; i < VIRTIO_MMIO_MAX_QUEUES; i++)
+		t->kick_fd[i] = -1;
 	return 0;
 }
 
@@ -72,6 +83,14 @@ void virtio_mmio_destroy(struct virtio_mmio *t)
 	if (t->ops)
 		pthread_mutex_destroy(&t->lock);
 	t->ops = NULL;
+}
+
+void virtio_mmio_kick(struct virtio_mmio *t, unsigned q)
+{
+	pthread_mutex_lock(&t->lock);
+	if (q < t->ops->nqueues && virtio_mmio_queue(t, q) && t->ops->notify)
+		t->ops->notify(t->dev, t, q);
+	pthread_mutex_unlock(&t->lock);
 }
 
 void virtio_mmio_lock(struct virtio_mmio *t)
@@ -200,6 +219,7 @@ static void write_reg(struct virtio_mmio *t, uint64_t off, uint32_t v)
 			break;
 		if (v == 0) {
 			q->ready = false;
+			t->epoch++;
 			vq_reset(&q->vq);
 		} else if (q_writable) {
 			if (q->num > VIRTIO_MMIO_QUEUE_NUM_MAX)
@@ -210,8 +230,14 @@ static void write_reg(struct virtio_mmio *t, uint64_t off, uint32_t v)
 		break;
 	case VIRTIO_MMIO_QUEUE_NOTIFY:
 		/* v is the queue index (no VIRTIO_F_NOTIFICATION_DATA) */
-		if (v < t->ops->nqueues && virtio_mmio_queue(t, v) && t->ops->notify)
+		if (v < t->ops->nqueues && t->kick_fd[v] >= 0) {
+			/* no ioeventfd: hand the work to the I/O thread all the same */
+			uint64_t one = 1;
+			if (write(t->kick_fd[v], &one, sizeof(one)) < 0)
+				log_debug("%s: kick: %s", t->ops->name, strerror(errno));
+		} else if (v < t->ops->nqueues && virtio_mmio_queue(t, v) && t->ops->notify) {
 			t->ops->notify(t->dev, t, v);
+		}
 		break;
 	case VIRTIO_MMIO_INTERRUPT_ACK:
 		t->isr &= ~v;

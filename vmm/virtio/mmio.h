@@ -6,7 +6,18 @@
  *
  * Threads: register accesses come from vCPU threads; the transport serialises them with its lock and
  * calls the device's hooks with the lock held. A device that works on another thread (an I/O thread
- * fed by an ioeventfd) takes the same lock with virtio_mmio_lock/unlock around its queue work. */
+ * fed by an ioeventfd) takes the same lock with virtio_mmio_lock/unlock around its queue work.
+ *
+ * Notifications and interrupts (set by the VM's plumbing, vmm/vdev.c; unit tests leave them -1):
+ * - kick_fd[q] >= 0: QueueNotify for q is an eventfd. KVM signals it directly (KVM_IOEVENTFD, no exit
+ *   to user space) or, without that capability, the register write signals it; the I/O thread
+ *   watching it calls virtio_mmio_kick(), which runs ops->notify there. -1: notify runs inline on
+ *   the vCPU thread.
+ * - irq_fd >= 0: an eventfd bound to the GSI with KVM_IRQFD; the interrupt is edge-triggered: the
+ *   transport signals it when InterruptStatus goes from zero to non-zero. Edge is right for
+ *   virtio-mmio: Linux's handler acks InterruptStatus before walking the queues, so anything used
+ *   after the ack raises a new edge, and no resample round trip is needed. -1: host->set_irq drives
+ *   the line (high while InterruptStatus is non-zero), e.g. KVM_IRQ_LINE. */
 #pragma once
 #include <pthread.h>
 #include <stdbool.h>
@@ -123,6 +134,10 @@ struct virtio_mmio {
 	uint64_t drv_features;
 	bool irq_level;
 	bool logged_bad; /* a malformed ring was logged since the last reset */
+	uint32_t epoch;   /* bumped on reset and queue disable: a device that worked without the lock
+			   * pushes nothing when it changed meanwhile */
+	int irq_fd;       /* see above; -1 = host->set_irq */
+	int kick_fd[VIRTIO_MMIO_MAX_QUEUES]; /* see above; -1 = notify inline */
 	struct virtio_mmio_queue q[VIRTIO_MMIO_MAX_QUEUES];
 };
 
@@ -140,6 +155,9 @@ void virtio_mmio_destroy(struct virtio_mmio *t);
  * guest memory (every address checked again) and re-raising the interrupt line if it was high. */
 int virtio_mmio_save(struct virtio_mmio *t, struct snap_writer *w, struct cella_err *err);
 int virtio_mmio_load(struct virtio_mmio *t, struct snap_sec *s, struct cella_err *err);
+/* The I/O thread saw kick_fd[q] (already drained): takes the lock and runs ops->notify when the
+ * queue is live. */
+void virtio_mmio_kick(struct virtio_mmio *t, unsigned q);
 
 void virtio_mmio_lock(struct virtio_mmio *t);
 void virtio_mmio_unlock(struct virtio_mmio *t);

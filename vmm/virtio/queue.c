@@ -193,6 +193,15 @@ int vq_pop(struct vq *q, struct vq_chain *c, struct cella_err *err)
 	return 1;
 }
 
+void vq_unpop(struct vq *q)
+{
+	if (!q->size || q->broken)
+		return;
+	q->last_avail--;
+	if (q->event_idx)
+		store16(&q->used[2 + 4 * q->size], q->last_avail, __ATOMIC_RELAXED);
+}
+
 void vq_push(struct vq *q, uint16_t head, uint32_t written)
 {
 	if (!q->size || q->broken)

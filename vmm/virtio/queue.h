@@ -85,6 +85,10 @@ void vq_reset(struct vq *q);
  * a readable descriptor after a writable one), -E2BIG for a chain total length over 4 GiB. */
 int vq_pop(struct vq *q, struct vq_chain *c, struct cella_err *err);
 
+/* Gives back the chain the last vq_pop returned, untouched (nothing pushed since): the next vq_pop
+ * returns it again. For a device that must wait (a rate limiter) before it can serve a request. */
+void vq_unpop(struct vq *q);
+
 /* Returns a chain to the driver with the number of bytes written into its writable buffers. */
 void vq_push(struct vq *q, uint16_t head, uint32_t written);
 

@@ -91,7 +91,7 @@ int x86_load_kernel(const struct x86_guest_mem *mem, const struct x86_boot_param
 int x86_write_mptable(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
 int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
 /* The same with virtio-mmio devices in the DSDT (\_SB.VRnn, _HID LNRO0005, memory + edge IRQ). */
-#define X86_ACPI_MAX_DEVS 8
+#define X86_ACPI_MAX_DEVS 16
 struct x86_acpi_dev {
 	uint64_t addr;
 	uint32_t len, irq;
