@@ -226,6 +226,11 @@ _Noreturn void container_init(struct init_args *a)
 		dprintf(STDERR_FILENO, "cella: container init: open exec.fifo: %s\n", strerror(errno));
 		_exit(1);
 	}
+	/* `start` returns as soon as it reads the byte, and a client may look at our fds before the
+	 * execve below: hold nothing beyond stdio and --preserve-fds from here on. */
+	close(wfd);
+	close(procfd);
+	close(a->fifo_fd);
 
 	/* Started: startContainer hooks run in the container, before the process. */
 	if (hooks_count(&cfg->hooks, HOOK_START_CONTAINER)) {
