@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BUILD, REPO, need_root
+from clients import rmdir_deepest_first
 
 CELLA = BUILD / "cella"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -222,11 +223,7 @@ def rt(tmp_path):
     if problems:
         r.force_cleanup()
         for cid in r.cgroup_names:
-            for d in sorted(cgroup_dirs_named({cid}), key=len, reverse=True):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+            rmdir_deepest_first(cgroup_dirs_named({cid}))
         pytest.fail("leaks after test: " + "; ".join(problems))
 
 

@@ -1,5 +1,6 @@
 """Real clients driving cella: Podman and containerd (ctr) with private state, for the integration
-tests (test_podman.py, test_containerd.py) and bench/clients.py. Standalone (no pytest import).
+tests (test_podman.py, test_containerd.py) and bench/clients.py. Only the fixture helpers import
+pytest, so the benchmark runs without it.
 
 Facts found on this host (Debian 12, podman 4.3, containerd 1.6, cgroup hybrid: v1 controllers
 plus an empty cgroup2 at /sys/fs/cgroup/unified), true for cella and for runc alike:
@@ -47,6 +48,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# The control runtime beside cella in the client tests, and the container both tests keep running.
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+RUNTIMES = ("cella", "runc")
+TRAP_LOOP = ["sh", "-c", 'trap "exit 7" TERM; while :; do sleep 0.1; done']
+
+
+def ok(p):
+    """p (a CompletedProcess) after asserting it exited 0."""
+    assert p.returncode == 0, f"{p.args}: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
+    return p
 
 
 def sh(cmd, timeout=120, **kw):
@@ -97,6 +108,28 @@ def pids_with_cmdline(needle):
     return found
 
 
+def wait_gone(find, timeout=5):
+    """Polls find() (a list of pids) until it is empty or timeout passes; returns what is left."""
+    end = time.time() + timeout
+    while find() and time.time() < end:
+        time.sleep(0.05)
+    return find()
+
+
+def force_clean(top, pids, what):
+    """Kills pids (helper processes a client left) and unmounts what is below top; returns the
+    problems found, one line each."""
+    problems = []
+    if pids:
+        problems.append(f"{what} processes left: {pids}")
+        kill_and_wait(pids)
+    left = mounts_under(top)
+    if left:
+        problems.append(f"mounts left: {left}")
+        unmount_under(top)
+    return problems
+
+
 def kill_and_wait(pids, timeout=5):
     for pid in pids:
         try:
@@ -118,14 +151,19 @@ def cgroup_dirs(rel):
     return out
 
 
+def rmdir_deepest_first(dirs):
+    """rmdir of each of dirs that is empty, deepest first (a cgroup's children before it)."""
+    for d in sorted(map(str, dirs), key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
 def rmdir_cgroup_tree(rel):
     """Removes empty cgroup directories rel/** (deepest first) in every hierarchy."""
     for top in cgroup_dirs(rel):
-        for sub, _, _ in sorted(os.walk(top), key=lambda t: len(t[0]), reverse=True):
-            try:
-                os.rmdir(sub)
-            except OSError:
-                pass
+        rmdir_deepest_first(sub for sub, _, _ in os.walk(top))
 
 
 def procs_in_cgroups_matching(pattern):
@@ -204,6 +242,72 @@ def drive_pty(argv, env, steps, timeout=20):
     return out, os.waitstatus_to_exitcode(st)
 
 
+def shell_on_pty(argv, env, exit_code):
+    """Runs argv (a client starting `sh` in a container with a terminal) on a pty, asks the shell
+    for its tty and a sum, exits it with exit_code. Returns (output without CRs, exit status).
+    Some clients (ctr) leave their own terminal cooked, so a CR may come from either pty."""
+    out, status = drive_pty(argv, env, [
+        (None, b"# "),
+        (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r"),
+        (None, b"# "),
+        (f"exit {exit_code}\r".encode(), None),
+    ])
+    return out.decode(errors="replace").replace("\r", ""), status
+
+
+# ------------------------------------------------------------------------------------------------
+# pytest glue shared by test_podman.py and test_containerd.py (pytest is imported only here, so
+# bench/clients.py can use this module without it)
+
+def runtime_for_test(name, cella):
+    """The binary of runtime `name` (cella or the runc control); skips the test without runc."""
+    import pytest
+    if name == "runc":
+        if not os.access(RUNC, os.X_OK):
+            pytest.skip("runc (the control) is not installed")
+        return RUNC
+    return cella
+
+
+def client_fixture(cls, top, tools, cella):
+    """Generator for a module fixture: skips without root or one of tools, builds the busybox
+    rootfs, yields a started cls(top) with the image imported, and asserts its teardown found
+    nothing left behind."""
+    import pytest
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (apt-get install {' '.join(tools)})")
+    if not Path(cella).exists():
+        pytest.skip(f"{cella} not built")
+    try:
+        rootfs = busybox_rootfs()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    client = cls(top)
+    try:
+        client.start()
+        client.import_rootfs(rootfs)
+    except RuntimeError as e:
+        client.teardown()
+        pytest.fail(str(e))
+    yield client
+    problems = client.teardown()
+    assert not problems, f"{cls.__name__} teardown had to clean up: {problems}"
+
+
+def leak_checked(client, clean):
+    """Generator for a per-test fixture: yields client, then fails the test if client.leaks()
+    finds anything, after clean() removed it."""
+    import pytest
+    yield client
+    problems = client.leaks()
+    if problems:
+        clean()
+        pytest.fail("leaks after test: " + "; ".join(problems))
+
+
 # ------------------------------------------------------------------------------------------------
 # Podman
 
@@ -256,6 +360,9 @@ runroot = "{t}/run"
         # it was not there before (rmdir fails harmlessly while anyone else uses it).
         self.had_libpod_parent = bool(cgroup_dirs("libpod_parent"))
 
+    def start(self):
+        """Nothing to start: podman has no daemon (the same steps as Containerd)."""
+
     def __call__(self, *args, runtime=None, timeout=60, **kw):
         """podman [--runtime RUNTIME] ARGS... -> CompletedProcess (text)."""
         args = [str(a) for a in args]
@@ -302,11 +409,9 @@ runroot = "{t}/run"
         p = self("ps", "-aq")
         if p.stdout.strip():
             problems.append(f"podman still lists containers: {p.stdout.split()}")
-        end = time.time() + 5
-        while self.conmons() and time.time() < end:
-            time.sleep(0.05)
-        if self.conmons():
-            problems.append(f"conmon processes left: {self.conmons()}")
+        pids = wait_gone(self.conmons)
+        if pids:
+            problems.append(f"conmon processes left: {pids}")
         # The storage driver's own home mount (graph/overlay) comes and goes with podman's
         # storage use; it is podman's, not a container's.
         home = str(self.top / "graph" / self.driver)
@@ -347,17 +452,7 @@ runroot = "{t}/run"
             self("rm", "-f", "-t", "0", *ids)
         self("rmi", "-af")
         self("system", "reset", "-f")
-        end = time.time() + 5
-        while self.conmons() and time.time() < end:
-            time.sleep(0.05)
-        pids = self.conmons()
-        if pids:
-            problems.append(f"conmon processes left: {pids}")
-            kill_and_wait(pids)
-        left = mounts_under(self.top)
-        if left:
-            problems.append(f"mounts left: {left}")
-            unmount_under(self.top)
+        problems += force_clean(self.top, wait_gone(self.conmons), "conmon")
         rmdir_cgroup_tree(self.cgroup_parent)
         if not self.had_libpod_parent:
             rmdir_cgroup_tree("libpod_parent")
@@ -500,11 +595,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         p = self.ctr("task", "ls", "-q")
         if p.stdout.strip():
             problems.append(f"tasks left: {p.stdout.split()}")
-        end = time.time() + 5
-        while self.shims() and time.time() < end:
-            time.sleep(0.05)
-        if self.shims():
-            problems.append(f"shim processes left: {self.shims()}")
+        pids = wait_gone(self.shims)
+        if pids:
+            problems.append(f"shim processes left: {pids}")
         m = mounts_under(self.top / "state")
         if m:
             problems.append(f"mounts left: {m}")
@@ -537,20 +630,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
                 self.proc.wait()
         if self.proc is not None:
             self.log.close()
-        pids = self.shims()
-        if pids:
-            problems.append(f"shim processes left: {pids}")
-            kill_and_wait(pids)
-        left = mounts_under(self.top)
-        if left:
-            problems.append(f"mounts left: {left}")
-            unmount_under(self.top)
+        problems += force_clean(self.top, self.shims(), "shim")
         rmdir_cgroup_tree(self.ns)
-        for d in self.run_dirs:  # deepest first
-            if not self.run_dirs_existed[d]:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
+        rmdir_deepest_first(d for d in self.run_dirs if not self.run_dirs_existed[d])
         shutil.rmtree(self.top, ignore_errors=True)
         return problems

@@ -3,64 +3,30 @@ as the control: run --rm, run -d + task exec + task kill + delete, task ps, task
 a tty. containerd runs with its own config, root, state, sockets and namespace (clients.py);
 every test ends with a leak check and the module stops containerd and removes all it made."""
 import os
-import shutil
 import time
 
 import pytest
 
-from conftest import BUILD, need_root
-from clients import Containerd, busybox_rootfs, drive_pty
+from conftest import BUILD
+from clients import (RUNTIMES, TRAP_LOOP, Containerd, client_fixture, leak_checked, ok, runtime_for_test,
+                     shell_on_pty)
 
 CELLA = BUILD / "cella"
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
-RUNTIMES = ["cella", "runc"]
-TRAP_LOOP = ["sh", "-c", 'trap "exit 7" TERM; while :; do sleep 0.1; done']
 
 
 def runtime_path(name):
-    if name == "runc":
-        if not os.access(RUNC, os.X_OK):
-            pytest.skip("runc (the control) is not installed")
-        return RUNC
-    return CELLA
+    return runtime_for_test(name, CELLA)
 
 
 @pytest.fixture(scope="module")
 def containerd_env(tmp_path_factory):
-    need_root()
-    for tool in ("containerd", "ctr", "containerd-shim-runc-v2", "umoci"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (apt-get install containerd umoci)")
-    if not CELLA.exists():
-        pytest.skip(f"{CELLA} not built")
-    try:
-        rootfs = busybox_rootfs()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    cd = Containerd(tmp_path_factory.mktemp("containerd"))
-    try:
-        cd.start()
-        cd.import_rootfs(rootfs)
-    except RuntimeError as e:
-        cd.teardown()
-        pytest.fail(str(e))
-    yield cd
-    problems = cd.teardown()
-    assert not problems, f"containerd teardown had to clean up: {problems}"
+    yield from client_fixture(Containerd, tmp_path_factory.mktemp("containerd"),
+                              ("containerd", "ctr", "containerd-shim-runc-v2", "umoci"), CELLA)
 
 
 @pytest.fixture
 def cd(containerd_env):
-    yield containerd_env
-    problems = containerd_env.leaks()
-    if problems:
-        containerd_env.remove_all()
-        pytest.fail("leaks after test: " + "; ".join(problems))
-
-
-def ok(p):
-    assert p.returncode == 0, f"{p.args}: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
-    return p
+    yield from leak_checked(containerd_env, containerd_env.remove_all)
 
 
 def task_status(cd, cid):
@@ -188,14 +154,7 @@ def test_pause_resume(cd, rt):
 def test_run_tty(cd, rt):
     argv = ["ctr", "--address", str(cd.sock), "--namespace", cd.ns, "run", "--rm", "-t",
             *cd.runtime_opts(runtime_path(rt), rt), cd.image, f"tty-{rt}", "sh"]
-    out, status = drive_pty(argv, dict(os.environ), [
-        (None, b"# "),
-        (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r"),
-        (None, b"# "),
-        (b"exit 3\r", None),
-    ])
-    # ctr leaves its own terminal in cooked mode: both ptys add a CR before each NL.
-    text = out.decode(errors="replace").replace("\r", "")
+    text, status = shell_on_pty(argv, dict(os.environ), 3)
     assert "/dev/pts/0\n" in text, text
     assert "stdin-is-a-tty\n" in text, text
     assert status == 3, text
@@ -207,13 +166,7 @@ def test_exec_tty(cd, rt):
     with Detached(cd, rt, cid):
         argv = ["ctr", "--address", str(cd.sock), "--namespace", cd.ns, "task", "exec", "-t",
                 "--fifo-dir", str(cd.fifo_dir), "--exec-id", "tty1", cid, "sh"]
-        out, status = drive_pty(argv, dict(os.environ), [
-            (None, b"# "),
-            (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r"),
-            (None, b"# "),
-            (b"exit 4\r", None),
-        ])
-        text = out.decode(errors="replace").replace("\r", "")
+        text, status = shell_on_pty(argv, dict(os.environ), 4)
         assert "/dev/pts/0\n" in text and "stdin-is-a-tty\n" in text, text
         assert status == 4, text
 

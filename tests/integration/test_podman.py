@@ -5,62 +5,29 @@ container cgroups and their processes, runtime state); the module removes all po
 The configuration and what it works around on this host are explained in clients.py."""
 import json
 import os
-import shutil
 import time
 
 import pytest
 
-from conftest import BUILD, need_root
-from clients import Podman, busybox_rootfs, drive_pty
+from conftest import BUILD
+from clients import (RUNTIMES, TRAP_LOOP, Podman, client_fixture, leak_checked, ok, runtime_for_test,
+                     shell_on_pty)
 
 CELLA = BUILD / "cella"
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
-RUNTIMES = ["cella", "runc"]
-TRAP_LOOP = ["sh", "-c", 'trap "exit 7" TERM; while :; do sleep 0.1; done']
 
 
 def runtime_path(name):
-    if name == "runc":
-        if not os.access(RUNC, os.X_OK):
-            pytest.skip("runc (the control) is not installed")
-        return RUNC
-    return CELLA
+    return runtime_for_test(name, CELLA)
 
 
 @pytest.fixture(scope="module")
 def podman_env(tmp_path_factory):
-    need_root()
-    if shutil.which("podman") is None or shutil.which("conmon") is None:
-        pytest.skip("needs podman and conmon (apt-get install podman)")
-    if not CELLA.exists():
-        pytest.skip(f"{CELLA} not built")
-    try:
-        rootfs = busybox_rootfs()
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    pm = Podman(tmp_path_factory.mktemp("podman"))
-    try:
-        pm.import_rootfs(rootfs)
-    except RuntimeError as e:
-        pm.teardown()
-        pytest.fail(str(e))
-    yield pm
-    problems = pm.teardown()
-    assert not problems, f"podman teardown had to clean up: {problems}"
+    yield from client_fixture(Podman, tmp_path_factory.mktemp("podman"), ("podman", "conmon"), CELLA)
 
 
 @pytest.fixture
 def pm(podman_env):
-    yield podman_env
-    problems = podman_env.leaks()
-    if problems:
-        podman_env("rm", "-af", "-t", "0")
-        pytest.fail("leaks after test: " + "; ".join(problems))
-
-
-def ok(p):
-    assert p.returncode == 0, f"{p.args}: rc={p.returncode} out={p.stdout!r} err={p.stderr!r}"
-    return p
+    yield from leak_checked(podman_env, lambda: podman_env("rm", "-af", "-t", "0"))
 
 
 def ps_json(pm, *args):
@@ -116,15 +83,9 @@ def test_detached_exec_stop_rm(pm, rt):
 def test_run_it_terminal(pm, rt):
     r = runtime_path(rt)
     argv = ["podman", "--runtime", str(r), "run", "-it", "--rm", "--pull=never", pm.IMAGE, "sh"]
-    out, status = drive_pty(argv, pm.env, [
-        (None, b"# "),
-        (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r\n"),
-        (None, b"# "),
-        (b"exit 3\r", None),
-    ])
-    text = out.decode(errors="replace")
-    assert "/dev/pts/0\r\n" in text, text
-    assert "stdin-is-a-tty\r\n" in text, text
+    text, status = shell_on_pty(argv, pm.env, 3)
+    assert "/dev/pts/0\n" in text, text
+    assert "stdin-is-a-tty\n" in text, text
     assert status == 3, text
 
 
@@ -186,14 +147,8 @@ def test_exec_tty(pm, rt):
     ok(pm("run", "-d", "--pull=never", "--name", name, pm.IMAGE, *TRAP_LOOP, runtime=r))
     try:
         argv = ["podman", "--runtime", str(r), "exec", "-it", name, "sh"]
-        out, status = drive_pty(argv, pm.env, [
-            (None, b"# "),
-            (b"tty; [ -t 0 ] && echo stdin-is-a-tty; echo $((6*7))\r", b"42\r\n"),
-            (None, b"# "),
-            (b"exit 4\r", None),
-        ])
-        text = out.decode(errors="replace")
-        assert "/dev/pts/0\r\n" in text and "stdin-is-a-tty\r\n" in text, text
+        text, status = shell_on_pty(argv, pm.env, 4)
+        assert "/dev/pts/0\n" in text and "stdin-is-a-tty\n" in text, text
         assert status == 4, text
     finally:
         pm("rm", "-f", "-t", "0", name, runtime=r)
