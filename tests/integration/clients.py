@@ -269,10 +269,10 @@ def runtime_for_test(name, cella):
     return cella
 
 
-def client_fixture(cls, top, tools, cella):
+def client_fixture(cls, make_top, tools, cella):
     """Generator for a module fixture: skips without root or one of tools, builds the busybox
-    rootfs, yields a started cls(top) with the image imported, and asserts its teardown found
-    nothing left behind."""
+    rootfs, yields a started cls(make_top()) with the image imported, and asserts its teardown
+    found nothing left behind (teardown removes the directory)."""
     import pytest
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -285,7 +285,7 @@ def client_fixture(cls, top, tools, cella):
         rootfs = busybox_rootfs()
     except RuntimeError as e:
         pytest.skip(str(e))
-    client = cls(top)
+    client = cls(make_top())
     try:
         client.start()
         client.import_rootfs(rootfs)
@@ -472,7 +472,8 @@ class Containerd:
         self.top = Path(top)
         self.top.mkdir(parents=True, exist_ok=True)
         # A container root in a user namespace (--uidmap) must reach the rootfs in our state dir:
-        # pytest's directories are 0700.
+        # its parents must be searchable. Not under pytest's 0700 /tmp/pytest-of-USER, which any
+        # other pytest session starting on the host resets to 0700 while we run.
         for d in [self.top, *self.top.parents]:
             if str(d) in ("/", "/tmp"):
                 break

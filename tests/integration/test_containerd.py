@@ -3,7 +3,9 @@ as the control: run --rm, run -d + task exec + task kill + delete, task ps, task
 a tty. containerd runs with its own config, root, state, sockets and namespace (clients.py);
 every test ends with a leak check and the module stops containerd and removes all it made."""
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +21,10 @@ def runtime_path(name):
 
 
 @pytest.fixture(scope="module")
-def containerd_env(tmp_path_factory):
-    yield from client_fixture(Containerd, tmp_path_factory.mktemp("containerd"),
+def containerd_env():
+    # In /tmp itself: see Containerd's note on searchable parents (client_fixture removes it).
+    yield from client_fixture(Containerd,
+                              lambda: Path(tempfile.mkdtemp(prefix="cellatest-containerd-", dir="/tmp")),
                               ("containerd", "ctr", "containerd-shim-runc-v2", "umoci"), CELLA)
 
 

@@ -22,7 +22,7 @@ def runtime_path(name):
 
 @pytest.fixture(scope="module")
 def podman_env(tmp_path_factory):
-    yield from client_fixture(Podman, tmp_path_factory.mktemp("podman"), ("podman", "conmon"), CELLA)
+    yield from client_fixture(Podman, lambda: tmp_path_factory.mktemp("podman"), ("podman", "conmon"), CELLA)
 
 
 @pytest.fixture
