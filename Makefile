@@ -16,7 +16,7 @@ CFLAGS ?= -O2 -g
 endif
 CFLAGS += -std=gnu11 $(WARN) -pthread
 LDLIBS_BASE := -ljansson
-LDLIBS_RUNTIME := -lseccomp -lcap
+LDLIBS_RUNTIME := -lseccomp -lcap -lprotobuf-c
 LDLIBS_VMM := -lpthread -lz
 
 base_src := $(wildcard base/*.c)
@@ -49,8 +49,21 @@ $(O)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC $<"; $(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
+# CRIU's swrk messages (checkpoint/restore): runtime/criu_rpc.proto through protoc-c (Debian's
+# protobuf-c-compiler) into $(O)/gen/runtime/, included as "runtime/criu_rpc.pb-c.h".
+criu_pb := $(O)/gen/runtime/criu_rpc.pb-c
+CPPFLAGS += -I$(O)/gen
+$(criu_pb).c: runtime/criu_rpc.proto
+	@mkdir -p $(dir $@)
+	protoc-c --proto_path=runtime --c_out=$(dir $@) $<
+$(criu_pb).h: $(criu_pb).c
+$(O)/obj/runtime/checkpoint.o: $(criu_pb).h
+$(O)/obj/gen/criu_rpc.pb-c.o: $(criu_pb).c
+	@mkdir -p $(dir $@)
+	@echo "  CC $<"; $(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
 $(libbase): $(call obj,$(base_src))
-$(libruntime): $(call obj,$(runtime_src))
+$(libruntime): $(call obj,$(runtime_src)) $(O)/obj/gen/criu_rpc.pb-c.o
 $(libvmm): $(call obj,$(vmm_src))
 $(O)/%.a:
 	@mkdir -p $(dir $@)

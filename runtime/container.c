@@ -164,38 +164,6 @@ static int validate(struct create_ctx *c, const struct container_create_opts *o,
 	return ns_open_joined(cfg, c->ns_fds, err);
 }
 
-static int connect_console(const char *path, struct cella_err *err)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return cella_err_set(err, ENAMETOOLONG, "console socket %s: path too long", path);
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return cella_err_sys(err, errno, "console socket");
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-		close(fd);
-		return cella_err_sys(err, e, "connect to console socket %s", path);
-	}
-	return fd;
-}
-
-static int write_pid_file(const char *path, pid_t pid, struct cella_err *err)
-{
-	char buf[32];
-	int n = snprintf(buf, sizeof(buf), "%d", (int)pid);
-	char abs[PATH_MAX];
-	if (path[0] != '/') {
-		if (!getcwd(abs, sizeof(abs) - strlen(path) - 2))
-			return cella_err_sys(err, errno, "pid file %s", path);
-		strcat(abs, "/");
-		strcat(abs, path);
-		path = abs;
-	}
-	return cella_write_file_atomic(path, buf, (size_t)n, 0644, err);
-}
-
 /* Receives one message from the child, turning SYNC_ERROR and EOF into errors. */
 static int child_msg(struct create_ctx *c, struct sync_msg *m, struct cella_err *err)
 {
@@ -270,7 +238,7 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	if (r < 0)
 		return r;
 	if (o->console_socket) {
-		c->console_fd = connect_console(o->console_socket, err);
+		c->console_fd = console_connect(o->console_socket, err);
 		if (c->console_fd < 0)
 			return c->console_fd;
 	} else if (o->console_fd > 0 && c->cfg->process.terminal) {
@@ -476,7 +444,7 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	if (m.type != SYNC_READY)
 		return cella_err_set(err, EPROTO, "container init: unexpected message %d", m.type);
 	if (o->pid_file) {
-		r = write_pid_file(o->pid_file, c->init, err);
+		r = state_write_pid_file(o->pid_file, c->init, err);
 		if (r < 0)
 			return r;
 	}

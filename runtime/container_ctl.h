@@ -63,3 +63,37 @@ int container_stats(const struct cella_runtime *rt, const char *id, json_t **out
  * v2 memory.events "oom_kill"); 0 when the kernel does not say. For `events` ("oom" events). */
 int container_oom_kills(const struct cella_runtime *rt, const char *id, unsigned long long *n,
 			struct cella_err *err);
+
+/* checkpoint / restore through CRIU (runtime/checkpoint.c): the flags runc takes, which containerd's
+ * runc shim passes. */
+struct container_cr_opts {
+	const char *image_path;          /* --image-path (required; made by checkpoint) */
+	const char *work_path;           /* --work-path: criu's log (dump.log, restore.log); NULL = image path */
+	bool leave_running;              /* checkpoint --leave-running */
+	bool tcp_established;            /* --tcp-established */
+	bool ext_unix_sk;                /* --ext-unix-sk */
+	bool shell_job;                  /* --shell-job */
+	bool file_locks;                 /* --file-locks */
+	const char *manage_cgroups_mode; /* --manage-cgroups-mode soft|full|strict|ignore; NULL = criu's */
+};
+
+/* Dumps the running container's process tree into image_path; without leave_running the
+ * container is then destroyed (as runc does). A missing criu, a container that is not running,
+ * or a failed dump is an error naming the cause (criu's message and the last error of its log). */
+int container_checkpoint(const struct cella_runtime *rt, const char *id, const struct container_cr_opts *o,
+			 struct cella_err *err);
+
+struct container_restore_opts {
+	struct container_cr_opts cr;
+	const char *id;
+	const char *bundle;         /* NULL = current directory */
+	const char *pid_file;       /* NULL = none */
+	const char *console_socket; /* required when the container has a terminal */
+	bool detach;                /* else wait for the restored init like `run`, then delete */
+};
+
+/* Creates container id from bundle with its processes restored from image_path: its cgroups,
+ * state (running, the new init pid) and the pty master sent to console_socket. *exit_status: the
+ * init's status when not detached. */
+int container_restore(const struct cella_runtime *rt, const struct container_restore_opts *o, int *exit_status,
+		      struct cella_err *err);

@@ -201,23 +201,6 @@ static int open_namespaces(struct exec_ctx *c, struct cella_err *err)
 	return 0;
 }
 
-static int connect_console(const char *path, struct cella_err *err)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return cella_err_set(err, ENAMETOOLONG, "console socket %s: path too long", path);
-	strcpy(sa.sun_path, path);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return cella_err_sys(err, errno, "console socket");
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-		close(fd);
-		return cella_err_sys(err, e, "connect to console socket %s", path);
-	}
-	return fd;
-}
-
 /* ---------- the child side ---------- */
 
 _Noreturn static void child_fail(int sync_fd, struct cella_err *err)
@@ -332,21 +315,6 @@ _Noreturn static void exec_child(struct exec_ctx *c, unsigned preserve_fds)
 
 /* ---------- the runtime side ---------- */
 
-static int write_pid_file(const char *path, pid_t pid, struct cella_err *err)
-{
-	char buf[32];
-	int n = snprintf(buf, sizeof(buf), "%d", (int)pid);
-	char abs[PATH_MAX];
-	if (path[0] != '/') {
-		if (!getcwd(abs, sizeof(abs) - strlen(path) - 2))
-			return cella_err_sys(err, errno, "pid file %s", path);
-		strcat(abs, "/");
-		strcat(abs, path);
-		path = abs;
-	}
-	return cella_write_file_atomic(path, buf, (size_t)n, 0644, err);
-}
-
 static int load_cgroup(struct exec_ctx *c, struct cella_err *err)
 {
 	int r = cgroup_manager_open(NULL, &c->mgr, err);
@@ -385,7 +353,7 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	if ((r = open_namespaces(c, err)) < 0 || (r = load_cgroup(c, err)) < 0)
 		return r;
 	if (o->console_socket) {
-		c->console_fd = connect_console(o->console_socket, err);
+		c->console_fd = console_connect(o->console_socket, err);
 		if (c->console_fd < 0)
 			return c->console_fd;
 	} else if (tty) {
@@ -482,7 +450,7 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 			return cella_err_set(err, code, "%s", msg);
 		return cella_err_set(err, EPIPE, "exec: the setup process died");
 	}
-	if (o->pid_file && (r = write_pid_file(o->pid_file, c->proc_pid, err)) < 0)
+	if (o->pid_file && (r = state_write_pid_file(o->pid_file, c->proc_pid, err)) < 0)
 		return r;
 	if (o->detach) {
 		c->proc_pid = 0;

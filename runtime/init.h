@@ -95,6 +95,8 @@ int terminal_setup(const struct oci_process *p, int sock, bool exec, struct cell
 int terminal_send_fd(int sock, int fd, const char *name, struct cella_err *err);
 /* Receives one fd; -EPIPE on EOF. */
 int terminal_recv_fd(int sock, struct cella_err *err);
+/* A connected stream socket to --console-socket PATH (O_CLOEXEC). */
+int console_connect(const char *path, struct cella_err *err);
 
 /* Foreground run/exec with a terminal and no --console-socket: the runtime holds the pty master
  * and copies between it and its own stdio (raw mode if stdin is a terminal), as runc does. */

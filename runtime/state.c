@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -258,4 +259,19 @@ json_t *state_to_oci(const struct container_state *st, enum container_status s)
 	if (st->annotations && json_object_size(st->annotations))
 		json_object_set(j, "annotations", st->annotations);
 	return j;
+}
+
+int state_write_pid_file(const char *path, pid_t pid, struct cella_err *err)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d", (int)pid);
+	char abs[PATH_MAX];
+	if (path[0] != '/') {
+		if (!getcwd(abs, sizeof(abs) - strlen(path) - 2))
+			return cella_err_sys(err, errno, "pid file %s", path);
+		strcat(abs, "/");
+		strcat(abs, path);
+		path = abs;
+	}
+	return cella_write_file_atomic(path, buf, (size_t)n, 0644, err);
 }

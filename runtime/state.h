@@ -57,3 +57,5 @@ int proc_stat(pid_t pid, unsigned long long *start, char *state);
 bool proc_alive(pid_t pid, unsigned long long start);
 /* Current time as RFC 3339 with nanoseconds (runc's format); malloc'd. */
 char *rfc3339_now(void);
+/* Writes pid to path (relative to the cwd) atomically, as --pid-file wants it. */
+int state_write_pid_file(const char *path, pid_t pid, struct cella_err *err);

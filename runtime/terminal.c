@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -41,6 +42,23 @@ int terminal_send_fd(int sock, int fd, const char *name, struct cella_err *err)
 		if (errno != EINTR)
 			return cella_err_sys(err, errno, "send pty master over the console socket");
 	}
+}
+
+int console_connect(const char *path, struct cella_err *err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return cella_err_set(err, ENAMETOOLONG, "console socket %s: path too long", path);
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return cella_err_sys(err, errno, "console socket");
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+		close(fd);
+		return cella_err_sys(err, e, "connect to console socket %s", path);
+	}
+	return fd;
 }
 
 int terminal_recv_fd(int sock, struct cella_err *err)

@@ -51,6 +51,9 @@ int verb_pause(const struct global_opts *g, int argc, char **argv, struct cella_
 int verb_resume(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
 int verb_update(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
 int verb_events(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+/* checkpoint.c (checkpoint, restore) */
+int verb_checkpoint(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
+int verb_restore(const struct global_opts *g, int argc, char **argv, struct cella_err *err);
 
 /* Prints a JSON value to stdout (indented), with a trailing newline. */
 int print_json(json_t *j, bool indent, struct cella_err *err);

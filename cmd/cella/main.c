@@ -31,6 +31,8 @@ static const struct {
 	{ "pause", verb_pause, "pause suspends all processes inside the container" },
 	{ "resume", verb_resume, "resumes all processes that have been previously paused" },
 	{ "update", verb_update, "update container resource constraints" },
+	{ "checkpoint", verb_checkpoint, "checkpoint a running container (CRIU)" },
+	{ "restore", verb_restore, "restore a container from a previous checkpoint (CRIU)" },
 	{ "events", verb_events, "display container events such as OOM notifications, cpu, memory, and IO usage statistics" },
 };
 
