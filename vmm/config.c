@@ -35,6 +35,8 @@ void vmm_config_free(struct vmm_config *cfg)
 	free(cfg->snapshot_dir);
 	free(cfg->restore_state);
 	free(cfg->restore_memory);
+	free(cfg->id);
+	free(cfg->api_sock);
 	vmm_config_init(cfg);
 }
 

@@ -168,10 +168,35 @@ static void handle_system_event(struct vcpu *v)
 	}
 }
 
+const char *const vcpu_exit_kind_names[VCPU_EXIT_KINDS] = {
+	[VCPU_EXIT_IO] = "io", [VCPU_EXIT_MMIO] = "mmio", [VCPU_EXIT_HLT] = "hlt", [VCPU_EXIT_INTR] = "intr",
+	[VCPU_EXIT_SHUTDOWN] = "shutdown", [VCPU_EXIT_SYSTEM_EVENT] = "system_event",
+	[VCPU_EXIT_FAILURE] = "failure", [VCPU_EXIT_OTHER] = "other",
+};
+
+static void count_exit(struct vcpu *v, uint32_t reason)
+{
+	enum vcpu_exit_kind k;
+	switch (reason) {
+	case KVM_EXIT_IO: k = VCPU_EXIT_IO; break;
+	case KVM_EXIT_MMIO: k = VCPU_EXIT_MMIO; break;
+	case KVM_EXIT_HLT: k = VCPU_EXIT_HLT; break;
+	case KVM_EXIT_INTR:
+	case KVM_EXIT_IRQ_WINDOW_OPEN: k = VCPU_EXIT_INTR; break;
+	case KVM_EXIT_SHUTDOWN: k = VCPU_EXIT_SHUTDOWN; break;
+	case KVM_EXIT_SYSTEM_EVENT: k = VCPU_EXIT_SYSTEM_EVENT; break;
+	case KVM_EXIT_FAIL_ENTRY:
+	case KVM_EXIT_INTERNAL_ERROR: k = VCPU_EXIT_FAILURE; break;
+	default: k = VCPU_EXIT_OTHER; break;
+	}
+	atomic_fetch_add_explicit(&v->exits[k], 1, memory_order_relaxed);
+}
+
 /* One exit; returns false when the vCPU must stop. */
 static bool handle_exit(struct vcpu *v)
 {
 	struct kvm_run *run = v->run;
+	count_exit(v, run->exit_reason);
 	switch (run->exit_reason) {
 	case KVM_EXIT_IO:
 		handle_io(v);
@@ -243,6 +268,7 @@ static void *vcpu_thread(void *arg)
 			int e = errno;
 			/* EINTR: kicked (or immediate_exit); EAGAIN: an AP woke without SIPI yet. */
 			if (e == EINTR || e == EAGAIN) {
+				atomic_fetch_add_explicit(&v->kicks, 1, memory_order_relaxed);
 				if (atomic_load(&vm->pause_req))
 					park(v);
 				/* A kick that found no pause (or a finished one) must not keep KVM_RUN returning at

@@ -20,7 +20,23 @@ struct kvm_run;
 struct kvm_cpuid2;
 struct x86_boot_entry;
 
+/* vCPU exits by kind, for GET /metrics (vcpu.c counts, relaxed atomics). */
+enum vcpu_exit_kind {
+	VCPU_EXIT_IO,
+	VCPU_EXIT_MMIO,
+	VCPU_EXIT_HLT,
+	VCPU_EXIT_INTR,       /* KVM_EXIT_INTR, IRQ window */
+	VCPU_EXIT_SHUTDOWN,   /* triple fault */
+	VCPU_EXIT_SYSTEM_EVENT,
+	VCPU_EXIT_FAILURE,    /* FAIL_ENTRY, INTERNAL_ERROR */
+	VCPU_EXIT_OTHER,
+	VCPU_EXIT_KINDS,
+};
+extern const char *const vcpu_exit_kind_names[VCPU_EXIT_KINDS];
+
 struct vcpu {
+	atomic_uint_fast64_t exits[VCPU_EXIT_KINDS];
+	atomic_uint_fast64_t kicks; /* KVM_RUN returned EINTR (a kick or a stray signal) */
 	struct vm *vm;
 	unsigned index;
 	int fd;

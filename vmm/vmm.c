@@ -1,9 +1,11 @@
 /* vmm_run: one VM from config to end.
  *
- * Order: everything that can be checked without KVM first (config, kernel and initrd files, memory
- * floor, loading the kernel and writing boot tables into freshly mapped guest memory), so bad input
- * fails before /dev/kvm is touched; then KVM (VM, irqchip, PIT, memory slots), devices on the buses,
- * vCPUs, the console, and the event loop. Teardown runs in reverse on every path. */
+ * Order: termination signals to a signalfd and the API socket (--api-sock) first; then, at once or on
+ * the API's InstanceStart / snapshot load, the VM: everything that can be checked without KVM first
+ * (config, kernel and initrd files, memory floor, loading the kernel and writing boot tables into
+ * freshly mapped guest memory), so bad input fails before /dev/kvm is touched; then KVM (VM, irqchip,
+ * PIT, memory slots), devices on the buses, vCPUs, the console, and the event loop. Teardown runs in
+ * reverse on every path, the API socket last. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -18,8 +20,10 @@
 #include <sys/stat.h>
 
 #include "base/err.h"
+#include "base/json.h"
 #include "base/log.h"
 #include "base/util.h"
+#include "vmm/api/api.h"
 #include "vmm/console.h"
 #include "vmm/snapfile.h"
 #include "vmm/snapshot.h"
@@ -255,69 +259,6 @@ static void snapshot_to_dir(struct vm *vm, const char *dir)
 		 st.state_bytes, st.memory_bytes >> 20, st.written_bytes >> 10);
 }
 
-/* --- the VMM thread's event loop --- */
-
-#define INPUT_CHUNK 256
-
-static void event_loop(struct vm *vm, struct console *con, int sig_fd)
-{
-	uint8_t pending[INPUT_CHUNK];
-	size_t pending_len = 0;
-	bool input = con->in_fd >= 0;
-
-	while (!atomic_load(&vm->stopping)) {
-		/* Hand over what was read but did not fit; read more only when it all fit. */
-		if (pending_len) {
-			size_t n = serial_8250_receive(vm->serial, pending, pending_len);
-			memmove(pending, pending + n, pending_len - n);
-			pending_len -= n;
-		}
-		struct pollfd fds[3] = {
-			{ .fd = vm->wake_fd, .events = POLLIN },
-			{ .fd = sig_fd, .events = POLLIN },
-			{ .fd = input && !pending_len ? con->in_fd : -1, .events = POLLIN },
-		};
-		int n = poll(fds, 3, pending_len ? 20 : -1);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			log_error("event loop: poll: %s", strerror(errno));
-			vm_request_end(vm, VMM_FAILED, 0, "event loop: poll: %s", strerror(errno));
-			break;
-		}
-		if (fds[0].revents & POLLIN) {
-			uint64_t v;
-			if (read(vm->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-				log_debug("wake fd: %s", strerror(errno));
-		}
-		if (fds[1].revents & POLLIN) {
-			struct signalfd_siginfo si;
-			ssize_t got = read(sig_fd, &si, sizeof(si));
-			if (got == (ssize_t)sizeof(si) && si.ssi_signo == SNAPSHOT_SIGNAL && vm->cfg->snapshot_dir) {
-				snapshot_to_dir(vm, vm->cfg->snapshot_dir);
-			} else if (got == (ssize_t)sizeof(si)) {
-				log_info("stopping the VM: %s", strsignal((int)si.ssi_signo));
-				vm_request_end(vm, VMM_SIGNALED, (int)si.ssi_signo, "stopped by signal %s",
-					       strsignal((int)si.ssi_signo));
-			}
-		}
-		if (fds[2].revents & (POLLIN | POLLHUP | POLLERR)) {
-			size_t room = serial_8250_rx_room(vm->serial);
-			if (room == 0) {
-				pending_len = 0; /* nothing read: wait for the guest to drain (woken by host_wake) */
-				continue;
-			}
-			ssize_t got = read(con->in_fd, pending, room < sizeof(pending) ? room : sizeof(pending));
-			if (got > 0) {
-				pending_len = (size_t)got;
-			} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
-				log_debug("console input: %s", got == 0 ? "end of file" : strerror(errno));
-				input = false;
-			}
-		}
-	}
-}
-
 /* The machine a restore rebuilds is the snapshot's: what the caller gave may only say where the
  * console goes, which KVM device to use, where the next snapshots go, and whether to start paused.
  * A vCPU count or memory size given (non-zero) must match the snapshot's. */
@@ -345,35 +286,76 @@ static int restore_config(struct vmm_config *saved, const struct vmm_config *giv
 	return 0;
 }
 
-int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella_err *err)
+/* --- the VMM thread's world --- */
+
+struct vmm {
+	struct vmm_config *cfg;  /* the caller's; the API's PUTs change it until the VM is built */
+	struct vm *vm;           /* NULL until the VM is built */
+	struct vmm_config saved; /* restore: the snapshot's config, which the VM is built from */
+	struct snap_file snap;   /* restore: the open state file */
+	struct console con;
+	enum api_state state;
+	struct api_server *api;  /* NULL without --api-sock */
+	int sig_fd;
+	int quit_signal;         /* a stop signal before the VM existed */
+	uint64_t start_ns;
+	uint64_t console_rx;     /* bytes handed to the guest's serial port */
+};
+
+/* Frees a VM whose vCPU threads are not running (never started, or joined). */
+static void vm_destroy(struct vm *vm)
 {
-	memset(res, 0, sizeof(*res));
-	uint64_t start_ns = cella_now_ns();
-	/* Restore: the config comes from the snapshot. */
-	struct snap_file snap = { 0 };
-	struct vmm_config saved;
-	vmm_config_init(&saved);
-	const struct vmm_config *cfg = given;
-	bool restore = given->restore_state != NULL;
-	if (restore) {
-		int r = given->restore_memory ? 0 : cella_err_set(err, EINVAL, "restore: no memory file given");
-		if (r == 0)
-			r = vm_restore_open(given->restore_state, &snap, &saved, err);
-		if (r == 0 && (r = restore_config(&saved, given, err)) < 0)
-			snap_file_close(&snap);
-		if (r < 0) {
-			vmm_config_free(&saved);
-			return r;
-		}
-		cfg = &saved;
+	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
+		vcpu_destroy(&vm->vcpus[i]);
+	free_devices(vm);
+	free(vm->cpuid);
+	if (vm->wake_fd >= 0)
+		close(vm->wake_fd);
+	vm_close(vm);
+	pthread_mutex_destroy(&vm->end_lock);
+	pthread_mutex_destroy(&vm->pause_lock);
+	pthread_cond_destroy(&vm->pause_cond);
+	free(vm);
+}
+
+/* Restore: reads the snapshot's config into m->saved (the machine is the snapshot's). */
+static int restore_prepare(struct vmm *m, struct cella_err *err)
+{
+	const struct vmm_config *given = m->cfg;
+	int r = given->restore_memory ? 0 : cella_err_set(err, EINVAL, "restore: no memory file given");
+	if (r == 0)
+		r = vm_restore_open(given->restore_state, &m->snap, &m->saved, err);
+	if (r == 0 && (r = restore_config(&m->saved, given, err)) < 0)
+		snap_file_close(&m->snap);
+	if (r < 0) {
+		vmm_config_free(&m->saved);
+		vmm_config_init(&m->saved);
 	}
+	return r;
+}
+
+static void restore_done(struct vmm *m)
+{
+	snap_file_close(&m->snap);
+	vmm_config_free(&m->saved);
+	vmm_config_init(&m->saved);
+}
+
+/* Builds the VM from m->cfg, or from the snapshot m->cfg->restore_state names (vCPUs created, not
+ * started). On failure nothing is left behind. */
+static int vm_build(struct vmm *m, struct cella_err *err)
+{
+	bool restore = m->cfg->restore_state != NULL;
+	int r = restore ? restore_prepare(m, err) : 0;
+	if (r < 0)
+		return r;
+	const struct vmm_config *cfg = restore ? &m->saved : m->cfg;
 	struct vm *vm = calloc(1, sizeof(*vm));
 	if (!vm) {
-		snap_file_close(&snap);
-		vmm_config_free(&saved);
+		restore_done(m);
 		return cella_err_set(err, ENOMEM, "out of memory");
 	}
-	vm->start_ns = start_ns;
+	vm->start_ns = cella_now_ns();
 	vm->kvm_fd = vm->vm_fd = vm->wake_fd = -1;
 	vm->cfg = cfg;
 	vm->ncpus = cfg->cpus;
@@ -388,23 +370,10 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 	pthread_condattr_destroy(&ca);
 	bus_init(&vm->pio, "pio");
 	bus_init(&vm->mmio, "mmio");
-
-	struct console con = { .out_fd = -1, .in_fd = -1 };
-	int sig_fd = -1;
-	sigset_t stop_sigs, old_mask;
-	sigemptyset(&stop_sigs);
-	sigaddset(&stop_sigs, SIGINT);
-	sigaddset(&stop_sigs, SIGTERM);
-	sigaddset(&stop_sigs, SIGHUP);
-	sigaddset(&stop_sigs, SIGQUIT);
-	sigaddset(&stop_sigs, SIGPIPE);
-	if (cfg->snapshot_dir)
-		sigaddset(&stop_sigs, SNAPSHOT_SIGNAL);
-	bool masked = false, stopped = true;
 	struct x86_boot_entry entry = { 0 };
 	bool linux_guest = false;
 
-	int r = vmm_config_check(cfg, err);
+	r = vmm_config_check(cfg, err);
 	if (r == 0 && restore)
 		r = vm_restore_memory(vm, cfg->restore_memory, cfg->memory_mib << 20, err);
 	else if (r == 0)
@@ -417,44 +386,31 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 		r = vm_create(vm, err);
 	if (r == 0)
 		r = x86_cpuid_supported(vm->kvm_fd, &vm->cpuid, err);
-	if (r < 0)
-		goto out;
-	vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (vm->wake_fd < 0) {
+	if (r == 0 && (vm->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
 		r = cella_err_sys(err, errno, "eventfd");
-		goto out;
-	}
-	if ((r = console_open(&con, cfg, err)) < 0)
-		goto out;
-	if ((r = add_devices(vm, cfg, con.out_fd, err)) < 0 ||
-	    (linux_guest && (r = write_acpi(vm, cfg, err)) < 0))
-		goto out;
+	if (r == 0)
+		r = console_open(&m->con, cfg, err);
+	if (r == 0 && ((r = add_devices(vm, cfg, m->con.out_fd, err)) == 0) && linux_guest)
+		r = write_acpi(vm, cfg, err);
 	for (unsigned i = 0; i < cfg->cpus && r == 0; i++)
 		r = vcpu_create(vm, i, restore ? NULL : &entry, err);
 	if (r == 0 && restore) {
 		/* vCPUs, then PIT and irqchips, then devices (which raise their lines again), the clock last */
-		r = vm_restore_vcpus(vm, &snap, err);
+		r = vm_restore_vcpus(vm, &m->snap, err);
 		if (r == 0)
-			r = vm_restore_devices(vm, &snap, err);
+			r = vm_restore_devices(vm, &m->snap, err);
 		if (r == 0)
-			r = x86_vm_load_clock(vm->vm_fd, &snap, err);
+			r = x86_vm_load_clock(vm->vm_fd, &m->snap, err);
 		if (r < 0)
 			cella_err_wrap(err, "restore from %s", cfg->restore_state);
 	}
 	if (r == 0)
 		r = vcpu_signals_init(err);
-	if (r < 0)
-		goto out;
-
-	/* Termination signals arrive through a signalfd; vCPU threads inherit the blocked mask. */
-	pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
-	masked = true;
-	sigset_t sfd_sigs = stop_sigs;
-	sigdelset(&sfd_sigs, SIGPIPE); /* broken console pipe: writes fail with EPIPE instead */
-	sig_fd = signalfd(-1, &sfd_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
-	if (sig_fd < 0) {
-		r = cella_err_sys(err, errno, "signalfd");
-		goto out;
+	if (r < 0) {
+		console_close(&m->con);
+		vm_destroy(vm);
+		restore_done(m);
+		return r;
 	}
 	if (restore)
 		log_info("VM restored from %s in %.3f ms: %u vCPU(s), %" PRIu64 " MiB%s", cfg->restore_state,
@@ -463,57 +419,477 @@ int vmm_run(const struct vmm_config *given, struct vmm_result *res, struct cella
 	else
 		log_debug("VM ready in %.3f ms: %u vCPU(s), %" PRIu64 " MiB", (cella_now_ns() - vm->start_ns) / 1e6,
 			  cfg->cpus, cfg->memory_mib);
-	if (restore && cfg->restore_paused) {
+	m->vm = vm;
+	return 0;
+}
+
+/* Builds and starts the VM (a restored one stays paused when restore_paused). A failure to build
+ * leaves the VMM as it was (not started); a failure to start the vCPU threads ends the VM. */
+static int vm_boot(struct vmm *m, struct cella_err *err)
+{
+	int r = vm_build(m, err);
+	if (r < 0)
+		return r;
+	struct vm *vm = m->vm;
+	bool paused = vm->cfg->restore_state && vm->cfg->restore_paused;
+	if (paused) {
 		/* The threads park on their first KVM_RUN (immediate_exit) until vm_resume. */
 		atomic_store(&vm->pause_req, true);
-		for (unsigned i = 0; i < cfg->cpus; i++)
+		for (unsigned i = 0; i < vm->ncpus; i++)
 			vcpu_kick(&vm->vcpus[i]);
 	}
+	m->state = paused ? API_STATE_PAUSED : API_STATE_RUNNING;
 	r = vm_virtio_start(vm, err);
 	if (r == 0)
 		r = vcpus_start(vm, err);
-	if (r == 0)
-		event_loop(vm, &con, sig_fd);
-	else
+	if (r < 0)
 		vm_request_end(vm, VMM_FAILED, 0, "%s", err->msg);
-	stopped = vcpus_stop(vm);
-	if (r == 0) {
-		pthread_mutex_lock(&vm->end_lock);
-		res->outcome = vm->outcome;
-		res->signal = vm->end_signal;
-		snprintf(res->reason, sizeof(res->reason), "%s", vm->end_reason);
-		pthread_mutex_unlock(&vm->end_lock);
-		res->boot_timer_ns = boot_timer_elapsed_ns(vm->boot_timer);
+	return r;
+}
+
+/* --- API actions, on the VMM thread --- */
+
+static json_t *config_json(const struct vmm_config *cfg)
+{
+	json_t *boot = json_object(), *machine = json_object(), *j = json_object();
+	if (!boot || !machine || !j) {
+		json_decref(boot);
+		json_decref(machine);
+		json_decref(j);
+		return NULL;
+	}
+	json_object_set_new(boot, "kernel_image_path", cfg->kernel ? json_string(cfg->kernel) : json_null());
+	json_object_set_new(boot, "initrd_path", cfg->initrd ? json_string(cfg->initrd) : json_null());
+	json_object_set_new(boot, "boot_args", cfg->cmdline ? json_string(cfg->cmdline) : json_null());
+	json_object_set_new(machine, "vcpu_count", json_integer(cfg->cpus));
+	json_object_set_new(machine, "mem_size_mib", json_integer((json_int_t)cfg->memory_mib));
+	json_object_set_new(machine, "smt", json_false());
+	json_object_set_new(j, "boot-source", boot);
+	json_object_set_new(j, "machine-config", machine);
+	json_object_set_new(j, "rng", json_boolean(cfg->rng));
+	json_t *drives = json_array();
+	for (unsigned i = 0; drives && i < cfg->ndisks; i++)
+		json_array_append_new(drives, json_pack("{s:s?, s:s, s:b, s:b}", "drive_id", cfg->disks[i].id,
+							"path_on_host", cfg->disks[i].path, "is_root_device", i == 0,
+							"is_read_only", cfg->disks[i].ro));
+	json_object_set_new(j, "drives", drives);
+	return j;
+}
+
+static char *info_json(const struct vmm *m)
+{
+	_cleanup_json_ json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:o?}", "id",
+					     m->cfg->id ? m->cfg->id : VMM_DEFAULT_ID, "state", api_state_name(m->state),
+					     "vmm_version", VMM_VERSION, "app_name", "cella-vmm", "config",
+					     config_json(m->vm ? m->vm->cfg : m->cfg));
+	return j ? cj_dump(j, JSON_COMPACT) : NULL;
+}
+
+static json_t *counter(atomic_uint_fast64_t *c)
+{
+	return json_integer((json_int_t)atomic_load_explicit(c, memory_order_relaxed));
+}
+
+static char *metrics_json(struct vmm *m)
+{
+	_cleanup_json_ json_t *j = json_object(), *vcpus = json_array(), *dev = json_object(), *api = json_object();
+	if (!j || !vcpus || !dev || !api)
+		return NULL;
+	struct vm *vm = m->vm;
+	for (unsigned i = 0; vm && i < vm->ncpus; i++) {
+		json_t *exits = json_object(), *total = NULL;
+		uint64_t sum = 0;
+		for (unsigned k = 0; exits && k < VCPU_EXIT_KINDS; k++) {
+			uint64_t n = atomic_load_explicit(&vm->vcpus[i].exits[k], memory_order_relaxed);
+			sum += n;
+			json_object_set_new(exits, vcpu_exit_kind_names[k], json_integer((json_int_t)n));
+		}
+		total = json_integer((json_int_t)sum);
+		json_array_append_new(vcpus, json_pack("{s:I, s:o, s:o, s:o}", "id", (json_int_t)i, "exits", exits,
+						       "exits_total", total, "kicks", counter(&vm->vcpus[i].kicks)));
+	}
+	if (vm) {
+		json_object_set_new(dev, "serial", json_pack("{s:I, s:I}", "tx_bytes",
+							      (json_int_t)serial_8250_tx_count(vm->serial), "rx_bytes",
+							      (json_int_t)m->console_rx));
+		json_object_set_new(dev, "i8042", json_pack("{s:I}", "ctrl_alt_del_sent",
+							     (json_int_t)i8042_keys_sent(vm->i8042)));
+		json_object_set_new(dev, "pio_bus", json_pack("{s:o, s:o}", "unhandled_reads",
+							       counter(&vm->pio.unhandled_reads), "unhandled_writes",
+							       counter(&vm->pio.unhandled_writes)));
+		json_object_set_new(dev, "mmio_bus", json_pack("{s:o, s:o}", "unhandled_reads",
+								counter(&vm->mmio.unhandled_reads), "unhandled_writes",
+								counter(&vm->mmio.unhandled_writes)));
+		uint64_t bt = boot_timer_elapsed_ns(vm->boot_timer);
+		json_object_set_new(dev, "boot_timer", json_pack("{s:o}", "boot_ms", bt ? json_real(bt / 1e6) : json_null()));
+	}
+	struct api_chan *ch = api_server_chan(m->api);
+	json_object_set_new(api, "requests", counter(&ch->requests));
+	json_object_set_new(api, "rejected", counter(&ch->rejected));
+	json_object_set_new(api, "disconnects_mid_request", counter(&ch->disconnects));
+	json_object_set_new(j, "state", json_string(api_state_name(m->state)));
+	json_object_set_new(j, "uptime_ms", json_real((cella_now_ns() - m->start_ns) / 1e6));
+	json_object_set(j, "vcpus", vcpus);
+	json_object_set(j, "devices", dev);
+	json_object_set(j, "api", api);
+	return cj_dump(j, JSON_COMPACT);
+}
+
+/* A readable regular file named by a configuration request ("boot-source.kernel_image_path"). */
+static int check_file(const char *what, const char *path, struct cella_err *err)
+{
+	struct stat st;
+	if (stat(path, &st) < 0)
+		return cella_err_sys(err, errno, "%s: %s", what, path);
+	if (!S_ISREG(st.st_mode))
+		return cella_err_set(err, EINVAL, "%s: %s: not a regular file", what, path);
+	return 0;
+}
+
+static struct vmm_disk *find_disk(const struct vmm_config *cfg, const char *id)
+{
+	for (unsigned i = 0; i < cfg->ndisks; i++)
+		if (cfg->disks[i].id && !strcmp(cfg->disks[i].id, id))
+			return (struct vmm_disk *)&cfg->disks[i];
+	return NULL;
+}
+
+static void ratelimit_from_api(struct ratelimit_cfg *rl, const struct api_rate_limiter *in)
+{
+	*rl = (struct ratelimit_cfg){
+		.bw = { in->bandwidth.size, in->bandwidth.one_time_burst, in->bandwidth.refill_time_ms },
+		.ops = { in->ops.size, in->ops.one_time_burst, in->ops.refill_time_ms },
+	};
+}
+
+/* PUT /drives/{id}: adds the disk (or replaces the one with that id); the root device goes first
+ * (vda). The file is opened and closed once here so a bad path fails now, not at InstanceStart. */
+static int put_drive(struct vmm_config *cfg, struct api_action *a, struct cella_err *err)
+{
+	if (strlen(a->id) > VMM_DISK_ID_MAX)
+		return cella_err_set(err, EINVAL, "drive \"%s\": ids are at most %d bytes (the guest reads the id as "
+				     "the disk's serial)", a->id, VMM_DISK_ID_MAX), 400;
+	struct vmm_disk d = { .path = a->drive.path, .id = a->id, .ro = a->drive.read_only };
+	ratelimit_from_api(&d.rl, &a->drive.rl);
+	if (blk_check(&d, err) < 0)
+		return cella_err_wrap(err, "drive \"%s\"", a->id), 400;
+	struct vmm_disk *slot = find_disk(cfg, a->id);
+	if (!slot) {
+		if (cfg->ndisks == VMM_MAX_DISKS)
+			return cella_err_set(err, ENOSPC, "drive \"%s\": at most %d drives", a->id, VMM_MAX_DISKS), 400;
+		slot = &cfg->disks[cfg->ndisks++];
+		*slot = (struct vmm_disk){ 0 };
+	}
+	char *id = strdup(a->id);
+	if (!id)
+		return cella_err_set(err, ENOMEM, "out of memory"), 500;
+	free(slot->path);
+	free(slot->id);
+	*slot = d;
+	slot->path = TAKE_PTR(a->drive.path);
+	slot->id = id;
+	if (a->drive.root && slot != &cfg->disks[0]) {
+		struct vmm_disk root = *slot;
+		memmove(&cfg->disks[1], &cfg->disks[0], (size_t)(slot - cfg->disks) * sizeof(*slot));
+		cfg->disks[0] = root;
+	}
+	return 204;
+}
+
+/* PUT /snapshot/load: builds the VM from the snapshot (the machine is the snapshot's: the vCPU count
+ * and memory size configured so far are not checked against it). Paused unless resume_vm. */
+static int load_snapshot(struct vmm *m, struct api_action *a, struct cella_err *err)
+{
+	struct vmm_config *cfg = m->cfg;
+	unsigned cpus = cfg->cpus;
+	uint64_t mib = cfg->memory_mib;
+	cfg->restore_state = TAKE_PTR(a->snap.state_path);
+	cfg->restore_memory = TAKE_PTR(a->snap.mem_path);
+	cfg->restore_paused = !a->snap.resume;
+	cfg->cpus = 0;
+	cfg->memory_mib = 0;
+	int r = vm_boot(m, err);
+	cfg->cpus = cpus;
+	cfg->memory_mib = mib;
+	if (r < 0 && !m->vm) {
+		free(cfg->restore_state);
+		free(cfg->restore_memory);
+		cfg->restore_state = cfg->restore_memory = NULL;
+		return 400;
+	}
+	if (r < 0)
+		return 500;
+	log_info("VM loaded from a snapshot by the API%s", cfg->restore_paused ? " (paused)" : "");
+	return 204;
+}
+
+/* Runs one action the state machine allowed. Returns the HTTP status; *body for 200, err for >= 400. */
+static int do_action(struct vmm *m, struct api_action *a, char **body, struct cella_err *err)
+{
+	struct vmm_config *cfg = m->cfg;
+	switch (a->kind) {
+	case API_GET_INFO:
+		return (*body = info_json(m)) ? 200 : (cella_err_set(err, ENOMEM, "out of memory"), 500);
+	case API_GET_METRICS:
+		return (*body = metrics_json(m)) ? 200 : (cella_err_set(err, ENOMEM, "out of memory"), 500);
+	case API_PUT_BOOT_SOURCE:
+		if (check_file("boot-source.kernel_image_path", a->boot.kernel, err) < 0 ||
+		    (a->boot.initrd && check_file("boot-source.initrd_path", a->boot.initrd, err) < 0))
+			return 400;
+		if (a->boot.cmdline && strlen(a->boot.cmdline) >= 4096)
+			return cella_err_set(err, E2BIG, "boot-source.boot_args: %zu bytes, at most 4095",
+					     strlen(a->boot.cmdline)), 400;
+		free(cfg->kernel);
+		free(cfg->initrd);
+		free(cfg->cmdline);
+		cfg->kernel = TAKE_PTR(a->boot.kernel);
+		cfg->initrd = TAKE_PTR(a->boot.initrd);
+		cfg->cmdline = TAKE_PTR(a->boot.cmdline);
+		return 204;
+	case API_PUT_MACHINE_CONFIG:
+		if (a->machine.cpus < 1 || a->machine.cpus > VMM_MAX_CPUS)
+			return cella_err_set(err, EINVAL, "machine-config.vcpu_count: %u is out of range (1..%d)",
+					     a->machine.cpus, VMM_MAX_CPUS), 400;
+		if (a->machine.mem_mib < VMM_MIN_MEMORY_MIB_FLAT || a->machine.mem_mib > VMM_MAX_MEMORY_MIB)
+			return cella_err_set(err, EINVAL, "machine-config.mem_size_mib: %" PRIu64
+					     " is out of range (%d..%llu)", a->machine.mem_mib, VMM_MIN_MEMORY_MIB_FLAT,
+					     (unsigned long long)VMM_MAX_MEMORY_MIB), 400;
+		cfg->cpus = a->machine.cpus;
+		cfg->memory_mib = a->machine.mem_mib;
+		return 204;
+	case API_PUT_DRIVE:
+		return put_drive(cfg, a, err);
+	case API_PATCH_DRIVE:
+		if (!find_disk(m->vm->cfg, a->id))
+			return cella_err_set(err, ENOENT, "drives: no drive \"%s\"", a->id), 404;
+		return cella_err_set(err, ENOSYS, "PATCH /drives/%s: virtio-blk cannot change a running disk's rate "
+				     "limiter yet (its limiter belongs to the disk's I/O thread, which takes no updates)",
+				     a->id), 501;
+	case API_PUT_NET:
+	case API_PATCH_NET:
+		return cella_err_set(err, ENOSYS, "network-interfaces: this build has no virtio-net backend (--net) "
+				     "to attach \"%s\" to", a->id), 501;
+	case API_PUT_VSOCK:
+		return cella_err_set(err, ENOSYS, "vsock: this build has no virtio-vsock backend (--vsock)"), 501;
+	case API_INSTANCE_START:
+		if (!cfg->kernel)
+			return cella_err_set(err, EINVAL, "InstanceStart: no kernel configured (PUT /boot-source first)"),
+			       400;
+		if (vm_boot(m, err) < 0)
+			return m->vm ? 500 : 400;
+		log_info("VM started by the API: %u vCPU(s), %" PRIu64 " MiB", cfg->cpus, cfg->memory_mib);
+		return 204;
+	case API_SEND_CTRL_ALT_DEL: {
+		int r = i8042_send_ctrl_alt_del(m->vm->i8042);
+		if (r < 0)
+			return cella_err_set(err, -r, "SendCtrlAltDel: the guest has not read the previous "
+					     "Ctrl+Alt+Del yet"), 409;
+		return 204;
+	}
+	case API_PAUSE:
+		if (vm_pause(m->vm, err) < 0)
+			return 500;
+		m->state = API_STATE_PAUSED;
+		return 204;
+	case API_RESUME:
+		if (vm_resume(m->vm, err) < 0)
+			return 500;
+		m->state = API_STATE_RUNNING;
+		return 204;
+	case API_SNAPSHOT_CREATE: {
+		struct vm_snapshot_stats st = { 0 };
+		if (vm_snapshot_create(m->vm, a->snap.state_path, a->snap.mem_path, &st, err) < 0)
+			return 400;
+		log_info("snapshot written to %s + %s in %.3f ms (state %" PRIu64 " bytes, memory %" PRIu64 " MiB)",
+			 a->snap.state_path, a->snap.mem_path, st.total_ns / 1e6, st.state_bytes, st.memory_bytes >> 20);
+		return 204;
+	}
+	case API_SNAPSHOT_LOAD:
+		return load_snapshot(m, a, err);
+	case API_KIND_COUNT:
+		break;
+	}
+	return cella_err_set(err, EINVAL, "unknown action"), 500;
+}
+
+static void handle_call(struct vmm *m, struct api_call *call)
+{
+	struct cella_err err = { 0 };
+	char *body = NULL;
+	int status = api_check_state(m->state, &call->action, &err);
+	if (status == 0)
+		status = do_action(m, &call->action, &body, &err);
+	if (status >= 400) {
+		log_debug("api: %s: %d %s", api_kind_name(call->action.kind), status, err.msg);
+		free(body);
+		body = api_fault_json(err.msg[0] ? err.msg : http_status_text(status));
+	}
+	api_chan_reply(api_server_chan(m->api), call, status, body);
+}
+
+/* --- the VMM thread's event loop --- */
+
+#define INPUT_CHUNK 256
+
+/* Runs until the VM ends, or (before a VM exists) until a stop signal. */
+static void event_loop(struct vmm *m)
+{
+	uint8_t pending[INPUT_CHUNK];
+	size_t pending_len = 0;
+	bool input = true;
+	int api_fd = m->api ? api_server_chan(m->api)->wake_fd : -1;
+
+	for (;;) {
+		struct vm *vm = m->vm;
+		if (vm ? atomic_load(&vm->stopping) : m->quit_signal != 0)
+			break;
+		/* Console input only reaches a running guest. */
+		bool feed = vm && m->state == API_STATE_RUNNING && input && m->con.in_fd >= 0;
+		/* Hand over what was read but did not fit; read more only when it all fit. */
+		if (feed && pending_len) {
+			size_t n = serial_8250_receive(vm->serial, pending, pending_len);
+			m->console_rx += n;
+			memmove(pending, pending + n, pending_len - n);
+			pending_len -= n;
+		}
+		struct pollfd fds[4] = {
+			{ .fd = vm ? vm->wake_fd : -1, .events = POLLIN },
+			{ .fd = m->sig_fd, .events = POLLIN },
+			{ .fd = feed && !pending_len ? m->con.in_fd : -1, .events = POLLIN },
+			{ .fd = api_fd, .events = POLLIN },
+		};
+		int n = poll(fds, 4, feed && pending_len ? 20 : -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("event loop: poll: %s", strerror(errno));
+			if (!vm) {
+				m->quit_signal = SIGTERM;
+				break;
+			}
+			vm_request_end(vm, VMM_FAILED, 0, "event loop: poll: %s", strerror(errno));
+			break;
+		}
+		if (fds[0].revents & POLLIN) {
+			uint64_t v;
+			if (read(vm->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+				log_debug("wake fd: %s", strerror(errno));
+		}
+		if (fds[1].revents & POLLIN) {
+			struct signalfd_siginfo si;
+			ssize_t got = read(m->sig_fd, &si, sizeof(si));
+			if (got == (ssize_t)sizeof(si) && si.ssi_signo == SNAPSHOT_SIGNAL) {
+				/* --snapshot-dir; a VM the API paused is left to the API's snapshot/create */
+				if (vm && m->state == API_STATE_RUNNING)
+					snapshot_to_dir(vm, m->cfg->snapshot_dir);
+				else
+					log_warn("snapshot signal ignored: the VM is %s", api_state_name(m->state));
+			} else if (got == (ssize_t)sizeof(si)) {
+				log_info("stopping the VM: %s", strsignal((int)si.ssi_signo));
+				if (vm)
+					vm_request_end(vm, VMM_SIGNALED, (int)si.ssi_signo, "stopped by signal %s",
+						       strsignal((int)si.ssi_signo));
+				else
+					m->quit_signal = (int)si.ssi_signo;
+			}
+		}
+		if (fds[2].revents & (POLLIN | POLLHUP | POLLERR)) {
+			size_t room = serial_8250_rx_room(vm->serial);
+			if (room == 0) {
+				pending_len = 0; /* nothing read: wait for the guest to drain (woken by host_wake) */
+			} else {
+				ssize_t got = read(m->con.in_fd, pending, room < sizeof(pending) ? room : sizeof(pending));
+				if (got > 0) {
+					pending_len = (size_t)got;
+				} else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+					log_debug("console input: %s", got == 0 ? "end of file" : strerror(errno));
+					input = false;
+				}
+			}
+		}
+		if (fds[3].revents & POLLIN) {
+			struct api_call *call = api_chan_take(api_server_chan(m->api));
+			if (call)
+				handle_call(m, call);
+		}
+	}
+}
+
+int vmm_run(struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err)
+{
+	memset(res, 0, sizeof(*res));
+	struct vmm m = { .cfg = cfg, .con = { .out_fd = -1, .in_fd = -1 }, .sig_fd = -1, .start_ns = cella_now_ns() };
+	vmm_config_init(&m.saved);
+	sigset_t stop_sigs, old_mask;
+	sigemptyset(&stop_sigs);
+	sigaddset(&stop_sigs, SIGINT);
+	sigaddset(&stop_sigs, SIGTERM);
+	sigaddset(&stop_sigs, SIGHUP);
+	sigaddset(&stop_sigs, SIGQUIT);
+	sigaddset(&stop_sigs, SIGPIPE);
+	if (cfg->snapshot_dir)
+		sigaddset(&stop_sigs, SNAPSHOT_SIGNAL);
+	bool stopped = true;
+	int r = 0;
+
+	/* Termination signals arrive through a signalfd; the API and vCPU threads inherit the blocked mask. */
+	pthread_sigmask(SIG_BLOCK, &stop_sigs, &old_mask);
+	sigset_t sfd_sigs = stop_sigs;
+	sigdelset(&sfd_sigs, SIGPIPE); /* broken console pipe: writes fail with EPIPE instead */
+	m.sig_fd = signalfd(-1, &sfd_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (m.sig_fd < 0) {
+		r = cella_err_sys(err, errno, "signalfd");
+		goto out;
+	}
+	if (cfg->api_sock && (r = api_server_start(cfg->api_sock, &m.api, err)) < 0)
+		goto out;
+
+	/* Without an API there is nothing to wait for; with one, a kernel or snapshot given up front
+	 * starts at once. */
+	if (!m.api || cfg->kernel || cfg->restore_state) {
+		r = vm_boot(&m, err);
+		if (r < 0 && !m.vm)
+			goto out;
+		r = 0; /* the VM existed: its end is the result */
+	} else {
+		log_info("waiting for configuration on %s", cfg->api_sock);
+	}
+	event_loop(&m);
+	m.state = API_STATE_ENDED;
+	if (m.api)
+		api_chan_close(api_server_chan(m.api));
+	if (m.vm) {
+		stopped = vcpus_stop(m.vm);
+		pthread_mutex_lock(&m.vm->end_lock);
+		res->outcome = m.vm->outcome;
+		res->signal = m.vm->end_signal;
+		snprintf(res->reason, sizeof(res->reason), "%s", m.vm->end_reason);
+		pthread_mutex_unlock(&m.vm->end_lock);
+		res->boot_timer_ns = boot_timer_elapsed_ns(m.vm->boot_timer);
+	} else {
+		res->outcome = VMM_SIGNALED;
+		res->signal = m.quit_signal;
+		snprintf(res->reason, sizeof(res->reason), "stopped by signal %s before the VM started",
+			 strsignal(m.quit_signal));
 	}
 out:
-	console_close(&con);
-	if (sig_fd >= 0)
-		close(sig_fd);
-	if (masked) {
-		/* Drop termination signals that arrived while we were stopping, then unblock. */
-		struct timespec zero = { 0 };
-		while (sigtimedwait(&stop_sigs, NULL, &zero) > 0)
-			;
-		pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-	}
+	console_close(&m.con);
+	api_server_stop(m.api);
+	if (m.sig_fd >= 0)
+		close(m.sig_fd);
+	/* Drop termination signals that arrived while we were stopping, then unblock. */
+	struct timespec zero = { 0 };
+	while (sigtimedwait(&stop_sigs, NULL, &zero) > 0)
+		;
+	pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 	if (!stopped) {
 		/* A vCPU thread is stuck in the kernel: its kvm_run, the devices it may call and the VM must
 		 * outlive it. Leave them to process exit rather than hang or free memory in use. */
 		res->abandoned = true;
 		return 0;
 	}
-	for (unsigned i = 0; i < VMM_MAX_CPUS; i++)
-		vcpu_destroy(&vm->vcpus[i]);
-	free_devices(vm);
-	free(vm->cpuid);
-	if (vm->wake_fd >= 0)
-		close(vm->wake_fd);
-	vm_close(vm);
-	pthread_mutex_destroy(&vm->end_lock);
-	pthread_mutex_destroy(&vm->pause_lock);
-	pthread_cond_destroy(&vm->pause_cond);
-	free(vm);
-	snap_file_close(&snap);
-	vmm_config_free(&saved);
+	if (m.vm)
+		vm_destroy(m.vm);
+	restore_done(&m);
 	return r;
 }

@@ -78,7 +78,14 @@ struct vmm_config {
 	char *restore_state;   /* non-NULL: restore from this state file instead of booting a kernel */
 	char *restore_memory;  /* its memory file */
 	bool restore_paused;   /* restored vCPUs stay paused until vm_resume */
+
+	char *id;           /* instance id the API reports; NULL = VMM_DEFAULT_ID */
+	char *api_sock;     /* control API socket path; NULL = no API. Without a kernel, the VM waits for
+			     * the API's configuration and InstanceStart */
 };
+
+#define VMM_DEFAULT_ID "anonymous-instance"
+#define VMM_VERSION "0.1.0"
 
 void vmm_config_init(struct vmm_config *cfg);
 void vmm_config_free(struct vmm_config *cfg);
@@ -121,4 +128,5 @@ struct vmm_result {
 
 const char *vmm_outcome_name(enum vmm_outcome outcome);
 
-int vmm_run(const struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err);
+/* With cfg->api_sock, the API's configuration requests update *cfg before the VM starts. */
+int vmm_run(struct vmm_config *cfg, struct vmm_result *res, struct cella_err *err);

@@ -19,6 +19,7 @@ static const char usage[] =
 	"Usage: cella-vmm --kernel PATH [options]\n"
 	"       cella-vmm --config FILE.json [options]\n"
 	"       cella-vmm --restore DIR [--console SPEC] [--snapshot-dir DIR2] [options]\n"
+	"       cella-vmm --api-sock PATH [options]\n"
 	"\n"
 	"Runs one KVM micro-VM until the guest powers off or reboots.\n"
 	"\n"
@@ -49,6 +50,10 @@ static const char usage[] =
 	"  --restore DIR        run the VM saved in DIR/state + DIR/memory instead of booting: the\n"
 	"                       machine (kernel, cpus, memory, devices) is the snapshot's; --cpus and\n"
 	"                       --memory, if given, must match it\n"
+	"  --api-sock PATH      control API (HTTP/1.1 + JSON, Firecracker's endpoints) on a unix socket\n"
+	"                       created mode 0600 and removed on exit; without --kernel the VM waits for\n"
+	"                       PUT /boot-source, /machine-config and PUT /actions InstanceStart\n"
+	"  --id ID              instance id reported by GET / (default " VMM_DEFAULT_ID ")\n"
 	"  -h, --help           this text\n"
 	"\n"
 	"Exit status: 0 guest poweroff or reboot, 1 bad input or no usable KVM, 2 VM failure,\n"
@@ -69,6 +74,8 @@ enum {
 	OPT_SNAPSHOT_DIR,
 	OPT_RESTORE,
 	OPT_DISK,
+	OPT_API_SOCK,
+	OPT_ID,
 };
 
 static const struct option options[] = {
@@ -86,6 +93,8 @@ static const struct option options[] = {
 	{ "snapshot-dir", required_argument, NULL, OPT_SNAPSHOT_DIR },
 	{ "restore", required_argument, NULL, OPT_RESTORE },
 	{ "disk", required_argument, NULL, OPT_DISK },
+	{ "api-sock", required_argument, NULL, OPT_API_SOCK },
+	{ "id", required_argument, NULL, OPT_ID },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -183,6 +192,8 @@ int main(int argc, char **argv)
 				goto out;
 			}
 			break;
+		case OPT_API_SOCK: r = set_string(&flags.api_sock, optarg); break;
+		case OPT_ID: r = set_string(&flags.id, optarg); break;
 		case 'h':
 			fputs(usage, stdout);
 			status = 0;
@@ -233,7 +244,9 @@ int main(int argc, char **argv)
 	if ((flags.kernel && set_string(&cfg.kernel, flags.kernel) < 0) ||
 	    (flags.initrd && set_string(&cfg.initrd, flags.initrd) < 0) ||
 	    (flags.cmdline && set_string(&cfg.cmdline, flags.cmdline) < 0) ||
-	    (flags.kvm_device && set_string(&cfg.kvm_device, flags.kvm_device) < 0)) {
+	    (flags.kvm_device && set_string(&cfg.kvm_device, flags.kvm_device) < 0) ||
+	    (flags.api_sock && set_string(&cfg.api_sock, flags.api_sock) < 0) ||
+	    (flags.id && set_string(&cfg.id, flags.id) < 0)) {
 		status = fail("%s", "out of memory");
 		goto out;
 	}

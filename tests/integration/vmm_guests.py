@@ -66,6 +66,12 @@ COUNT = bytes.fromhex(
     "baf80358ee4e75fbb00aee66b900100000664975fcebc8"
     "8d740000000000")
 
+# kbd: enables the i8042 keyboard port without interrupts or translation (command 0x60, byte 0),
+# prints 'K', then copies every byte the keyboard sends (status bit 0, data port 0x60) to COM1.
+#   cli; mov $0x60,%al; out %al,$0x64; mov $0,%al; out %al,$0x60; mov $0x3f8,%dx; mov $'K',%al
+#   out %al,%dx; 1: in $0x64,%al; test $1,%al; jz 1b; in $0x60,%al; out %al,%dx; jmp 1b
+KBD = bytes.fromhex("fab060e664b000e660baf803b04beee464a80174fae460eeebf5")
+
 GUESTS = {
     "hello.bin": HELLO,
     "reboot.bin": REBOOT,
@@ -76,6 +82,7 @@ GUESTS = {
     "echo.bin": ECHO,
     "mmio.bin": MMIO,
     "count.bin": COUNT,
+    "kbd.bin": KBD,
 }
 
 

@@ -58,6 +58,11 @@ int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *
 void i8042_free(struct i8042 *k);
 void i8042_save(struct i8042 *k, struct snap_writer *w);
 int i8042_load(struct i8042 *k, struct snap_sec *sec, struct cella_err *err);
+/* Types Ctrl+Alt+Delete on the keyboard port (press and release; scan code set 2, or set 1 when the
+ * guest enabled translation): bytes reach the guest one at a time through the data port, on IRQ 1
+ * when the command byte enables it. -ENOSPC while an earlier sequence is still unread. */
+int i8042_send_ctrl_alt_del(struct i8042 *k);
+uint64_t i8042_keys_sent(struct i8042 *k); /* sequences injected so far */
 
 /* --- ACPI PM1a event and control blocks (acpi_pm.c) --- */
 struct acpi_pm;

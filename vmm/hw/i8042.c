@@ -3,7 +3,8 @@
  * (pulse output line 0 = CPU reset) reboots the machine. A byte sent to the (absent) keyboard or
  * mouse is answered at once the way a real controller answers when no device clocks it in: 0xFE
  * with the timeout bit, on IRQ 1 or 12 when the command byte enables it. Answering instead of
- * staying silent spares the guest's driver its probe timeouts (seconds of boot). */
+ * staying silent spares the guest's driver its probe timeouts (seconds of boot). The one key input is
+ * the host's Ctrl+Alt+Delete (the API's SendCtrlAltDel), queued and fed through the output buffer. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -44,12 +45,20 @@
 #define CTR_AUX_INT 0x02
 #define CTR_KBD_DISABLED 0x10
 #define CTR_AUX_DISABLED 0x20
+#define CTR_XLATE 0x40 /* translate the keyboard's scan code set 2 to set 1 */
+
+#define KBD_QUEUE 32
 
 struct i8042 {
 	pthread_mutex_t lock;
 	const struct hw_host *host;
 	uint8_t status, ctr, outbuf, pending_cmd, output_port;
 	int irq_raised; /* 0, IRQ_KBD or IRQ_AUX: the line we hold high until the guest reads */
+	/* Key bytes injected by the host (i8042_send_ctrl_alt_del), handed to the guest one at a time
+	 * while the keyboard port is enabled and the output buffer is free. */
+	uint8_t kbd_queue[KBD_QUEUE];
+	unsigned kq_head, kq_len;
+	uint64_t keys_sent;
 };
 
 int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *err)
@@ -110,6 +119,46 @@ static void put_device_output(struct i8042 *k, uint8_t v, bool aux, bool timeout
 	}
 }
 
+/* Next injected key byte into the output buffer, when the guest can take it. Lock held. */
+static void feed_keys(struct i8042 *k)
+{
+	if (!k->kq_len || (k->status & STATUS_OBF) || (k->ctr & CTR_KBD_DISABLED) || k->pending_cmd)
+		return;
+	uint8_t v = k->kbd_queue[k->kq_head];
+	k->kq_head = (k->kq_head + 1) % KBD_QUEUE;
+	k->kq_len--;
+	put_device_output(k, v, false, false);
+}
+
+int i8042_send_ctrl_alt_del(struct i8042 *k)
+{
+	/* Ctrl, Alt, Delete pressed, then released in reverse order. */
+	static const uint8_t set2[] = { 0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14 };
+	static const uint8_t set1[] = { 0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d };
+	pthread_mutex_lock(&k->lock);
+	bool xlate = k->ctr & CTR_XLATE;
+	const uint8_t *seq = xlate ? set1 : set2;
+	unsigned n = xlate ? sizeof(set1) : sizeof(set2);
+	if (k->kq_len + n > KBD_QUEUE) {
+		pthread_mutex_unlock(&k->lock);
+		return -ENOSPC;
+	}
+	for (unsigned i = 0; i < n; i++)
+		k->kbd_queue[(k->kq_head + k->kq_len++) % KBD_QUEUE] = seq[i];
+	k->keys_sent++;
+	feed_keys(k);
+	pthread_mutex_unlock(&k->lock);
+	return 0;
+}
+
+uint64_t i8042_keys_sent(struct i8042 *k)
+{
+	pthread_mutex_lock(&k->lock);
+	uint64_t n = k->keys_sent;
+	pthread_mutex_unlock(&k->lock);
+	return n;
+}
+
 static void reboot(struct i8042 *k, const char *why)
 {
 	if (k->host && k->host->event)
@@ -123,6 +172,7 @@ static void data_read(void *opaque, uint64_t offset, uint8_t *data, uint32_t len
 	data[0] = k->outbuf;
 	k->status &= ~(STATUS_OBF | STATUS_AUXDATA | STATUS_TIMEOUT);
 	lower_irq(k);
+	feed_keys(k);
 	pthread_mutex_unlock(&k->lock);
 	for (uint32_t i = 1; i < len; i++)
 		data[i] = 0xff;
@@ -156,6 +206,7 @@ static void data_write(void *opaque, uint64_t offset, const uint8_t *data, uint3
 		break;
 	}
 	k->pending_cmd = 0;
+	feed_keys(k); /* the command byte may have enabled the keyboard port */
 	pthread_mutex_unlock(&k->lock);
 	if (do_reboot)
 		reboot(k, "guest reboot (i8042 output port reset line)");
@@ -201,6 +252,7 @@ static void cmd_write(void *opaque, uint64_t offset, const uint8_t *data, uint32
 		break;
 	case CMD_ENABLE_KBD:
 		k->ctr &= ~CTR_KBD_DISABLED;
+		feed_keys(k);
 		break;
 	case CMD_SELF_TEST:
 		put_output(k, 0x55);
