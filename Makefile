@@ -98,6 +98,7 @@ unit: all
 
 # libFuzzer targets (clang, ASan+UBSan); each links the few sources it exercises.
 # Long runs: build/fuzz/fuzz_virtqueue -runs=10000000 tests/fuzz/corpus/virtqueue
+#            build/fuzz/fuzz_api -runs=10000000 -max_len=4096 tests/fuzz/corpus/api
 FUZZ_CC ?= clang
 fuzz_src := $(wildcard tests/fuzz/*.c)
 fuzz_bins := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(fuzz_src))
@@ -110,6 +111,9 @@ build/fuzz/fuzz_virtqueue: tests/fuzz/fuzz_virtqueue.c vmm/virtio/queue.c base/e
 build/fuzz/fuzz_blk: tests/fuzz/fuzz_blk.c vmm/virtio/blk_req.c vmm/virtio/queue.c base/err.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+build/fuzz/fuzz_api: tests/fuzz/fuzz_api.c vmm/api/http.c vmm/api/request.c base/json.c base/err.c base/util.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
 
 test:
 	tests/run

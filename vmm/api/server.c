@@ -7,6 +7,8 @@
  * "Connection: close" and the connection is closed (its framing is lost). A client that disconnects
  * mid-request or stops reading its replies only loses its own connection. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -109,10 +111,21 @@ struct api_chan *api_server_chan(struct api_server *s)
 
 /* --- connections --- */
 
+/* Reads and drops what the client already sent: closing a unix socket with unread data makes the
+ * peer's recv fail with ECONNRESET before it sees our last reply. */
+static void drain(int fd)
+{
+	char junk[4096];
+	for (int i = 0; i < 32 && recv(fd, junk, sizeof(junk), MSG_DONTWAIT) > 0; i++)
+		;
+}
+
 static void conn_close(struct conn *c)
 {
-	if (c->fd >= 0)
+	if (c->fd >= 0) {
+		drain(c->fd);
 		close(c->fd);
+	}
 	free(c->buf);
 	*c = (struct conn){ .fd = -1 };
 }
@@ -252,6 +265,7 @@ static void accept_one(struct api_server *s)
 	}
 	struct conn tmp = { .fd = fd };
 	send_fault(&tmp, 503, "too many API connections (16); close one and retry", false);
+	drain(fd);
 	close(fd);
 }
 
@@ -287,10 +301,14 @@ static void *api_thread(void *arg)
 int api_server_start(const char *path, struct api_server **out, struct cella_err *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (!*path || strlen(path) >= sizeof(sa.sun_path))
+	/* Bound under a temporary name, listening, then renamed into place: a client that sees the path
+	 * can connect at once. */
+	char tmp[sizeof(sa.sun_path) + 32];
+	if (!*path || strlen(path) >= sizeof(sa.sun_path) - 16)
 		return cella_err_set(err, ENAMETOOLONG, "api-sock: \"%s\": a path of 1..%zu bytes is needed", path,
-				     sizeof(sa.sun_path) - 1);
-	memcpy(sa.sun_path, path, strlen(path));
+				     sizeof(sa.sun_path) - 17);
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+	memcpy(sa.sun_path, tmp, strlen(tmp));
 	struct api_server *s = calloc(1, sizeof(*s));
 	if (!s)
 		return cella_err_set(err, ENOMEM, "out of memory");
@@ -318,31 +336,36 @@ int api_server_start(const char *path, struct api_server **out, struct cella_err
 		goto fail;
 	}
 	if (bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		r = errno == EADDRINUSE ? cella_err_set(err, EADDRINUSE, "api-sock: %s already exists (a stale socket "
-							"of an earlier run? remove it first)", path)
-					: cella_err_sys(err, errno, "api-sock: bind %s", path);
+		r = cella_err_sys(err, errno, "api-sock: bind %s", tmp);
 		goto fail;
+	}
+	if (listen(s->listen_fd, API_MAX_CONNS) < 0) {
+		r = cella_err_sys(err, errno, "api-sock: listen");
+		goto fail_unlink;
+	}
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
+		r = errno == EEXIST ? cella_err_set(err, EEXIST, "api-sock: %s already exists (a stale socket of an "
+						    "earlier run? remove it first)", path)
+				    : cella_err_sys(err, errno, "api-sock: %s", path);
+		goto fail_unlink;
 	}
 	struct stat st;
 	if (stat(path, &st) == 0) {
 		s->dev = st.st_dev;
 		s->ino = st.st_ino;
 	}
-	if (listen(s->listen_fd, API_MAX_CONNS) < 0) {
-		r = cella_err_sys(err, errno, "api-sock: listen");
-		goto fail_unlink;
-	}
 	int e = pthread_create(&s->thread, NULL, api_thread, s);
 	if (e) {
 		r = cella_err_sys(err, e, "api-sock: creating the API thread");
-		goto fail_unlink;
+		unlink(path);
+		goto fail;
 	}
 	s->started = true;
 	log_debug("api: listening on %s", path);
 	*out = s;
 	return 0;
 fail_unlink:
-	unlink(path);
+	unlink(tmp);
 fail:
 	s->dev = 0;
 	s->ino = 0;
