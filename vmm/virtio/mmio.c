@@ -163,7 +163,10 @@ static void set_status(struct virtio_mmio *t, uint32_t v)
 		v &= ~VIRTIO_STATUS_DRIVER_OK;
 	/* the driver may not set NEEDS_RESET, nor clear it */
 	v = (v & ~VIRTIO_STATUS_NEEDS_RESET) | (t->status & VIRTIO_STATUS_NEEDS_RESET);
+	bool started = (v & VIRTIO_STATUS_DRIVER_OK) && !(t->status & VIRTIO_STATUS_DRIVER_OK);
 	t->status = v & 0xff;
+	if (started && t->ops->driver_ok)
+		t->ops->driver_ok(t->dev, t);
 }
 
 static uint32_t read_reg(struct virtio_mmio *t, uint64_t off)

@@ -114,6 +114,9 @@ struct virtio_dev_ops {
 	void (*resume)(void *dev);
 	int (*save)(void *dev, struct snap_writer *w, struct cella_err *err);
 	int (*load)(void *dev, struct snap_sec *s, struct cella_err *err);
+	/* The driver set DRIVER_OK: features are final and the device may start (e.g. take input it had
+	 * no buffers for). Lock held, vCPU thread. May be NULL. */
+	void (*driver_ok)(void *dev, struct virtio_mmio *t);
 };
 
 struct virtio_mmio_queue {

@@ -214,6 +214,26 @@ void vq_push(struct vq *q, uint16_t head, uint32_t written)
 	store16(&q->used[1], q->used_idx, __ATOMIC_RELEASE);
 }
 
+void vq_push_n(struct vq *q, const uint16_t *heads, const uint32_t *written, unsigned n)
+{
+	if (!q->size || q->broken || n == 0)
+		return;
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t *elem = (uint32_t *)(void *)&q->used[2 + 4 * ((uint16_t)(q->used_idx + i) & (q->size - 1))];
+		__atomic_store_n(&elem[0], (uint32_t)heads[i], __ATOMIC_RELAXED);
+		__atomic_store_n(&elem[1], written[i], __ATOMIC_RELAXED);
+	}
+	q->used_idx = (uint16_t)(q->used_idx + n);
+	store16(&q->used[1], q->used_idx, __ATOMIC_RELEASE);
+}
+
+void vq_unpop_n(struct vq *q, uint16_t n)
+{
+	if (!q->size || q->broken)
+		return;
+	q->last_avail = (uint16_t)(q->last_avail - n);
+}
+
 bool vq_should_notify(struct vq *q)
 {
 	if (!q->size || q->broken)

@@ -92,6 +92,16 @@ void vq_unpop(struct vq *q);
 /* Returns a chain to the driver with the number of bytes written into its writable buffers. */
 void vq_push(struct vq *q, uint16_t head, uint32_t written);
 
+/* Returns n chains at once: the driver sees the used index move once, after all n elements are in
+ * place (virtio-net's mergeable RX buffers must appear together). */
+void vq_push_n(struct vq *q, const uint16_t *heads, const uint32_t *written, unsigned n);
+
+/* Gives back the last n chains taken by vq_pop and not pushed (the device could not use them yet):
+ * the next vq_pop returns them again. n is at most the number taken since the last push. Unlike
+ * vq_unpop, avail_event stays where vq_pop / vq_enable_notify left it (at the driver's avail idx when
+ * the device ran out), so the driver's next buffer still notifies: for a device waiting for room. */
+void vq_unpop_n(struct vq *q, uint16_t n);
+
 /* After one or more vq_push: whether the driver wants an interrupt (used_event or NO_INTERRUPT). */
 bool vq_should_notify(struct vq *q);
 

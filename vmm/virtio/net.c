@@ -1,0 +1,665 @@
+/* virtio-net: see net.h. */
+#include "vmm/virtio/net.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "base/err.h"
+#include "base/log.h"
+#include "vmm/virtio/tap.h"
+
+#define BIT(b) (1ull << (b))
+
+#define NET_FEATURES                                                                                              \
+	(BIT(VIRTIO_NET_F_CSUM) | BIT(VIRTIO_NET_F_GUEST_CSUM) | BIT(VIRTIO_NET_F_MAC) | BIT(VIRTIO_NET_F_GUEST_TSO4) | \
+	 BIT(VIRTIO_NET_F_GUEST_TSO6) | BIT(VIRTIO_NET_F_GUEST_ECN) | BIT(VIRTIO_NET_F_HOST_TSO4) |                     \
+	 BIT(VIRTIO_NET_F_HOST_TSO6) | BIT(VIRTIO_NET_F_HOST_ECN) | BIT(VIRTIO_NET_F_MRG_RXBUF) |                       \
+	 BIT(VIRTIO_NET_F_STATUS))
+
+#define VIRTIO_NET_S_LINK_UP 1
+#define NET_CONFIG_LEN 10 /* mac[6], status, max_virtqueue_pairs */
+
+/* Packets moved per round before the thread looks at its other fds again (fairness between the
+ * two directions; the thread comes straight back when a budget ran out). */
+#define RX_BUDGET 256
+#define TX_BUDGET 256
+
+/* kinds of drop, each logged once (then only counted) */
+enum { WARN_TX_HDR = 1, WARN_TX_WRITE = 2, WARN_RX_FEATURES = 4, WARN_RX_NOFIT = 8, WARN_RX_READ = 16 };
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+static void warn_once(struct virtio_net *n, unsigned kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void warn_once(struct virtio_net *n, unsigned kind, const char *fmt, ...)
+{
+	if (n->warned & kind)
+		return;
+	n->warned |= kind;
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warn("%s: %s (further ones only counted)", n->name, msg);
+}
+#pragma GCC diagnostic pop
+
+/* --- pure helpers --- */
+
+int virtio_net_check_tx_hdr(const struct virtio_net_hdr *h, uint32_t frame_len, uint64_t features,
+			    struct cella_err *err)
+{
+	if (frame_len < VIRTIO_NET_MIN_FRAME || frame_len > VIRTIO_NET_MAX_FRAME)
+		return cella_err_set(err, EINVAL, "frame of %u bytes (%u..%u)", frame_len, VIRTIO_NET_MIN_FRAME,
+				     VIRTIO_NET_MAX_FRAME);
+	if (h->flags & ~VIRTIO_NET_HDR_F_NEEDS_CSUM)
+		return cella_err_set(err, EINVAL, "header flags 0x%x (only NEEDS_CSUM is valid on TX)", h->flags);
+	if (h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) {
+		if (!(features & BIT(VIRTIO_NET_F_CSUM)))
+			return cella_err_set(err, EINVAL, "NEEDS_CSUM without the CSUM feature");
+		if ((uint32_t)h->csum_start + h->csum_offset + 2 > frame_len)
+			return cella_err_set(err, EINVAL, "checksum field at %u+%u outside the %u-byte frame",
+					     h->csum_start, h->csum_offset, frame_len);
+	}
+	uint8_t gso = h->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN;
+	unsigned need;
+	switch (gso) {
+	case VIRTIO_NET_HDR_GSO_NONE:
+		if (h->gso_type & VIRTIO_NET_HDR_GSO_ECN)
+			return cella_err_set(err, EINVAL, "ECN bit without a GSO type");
+		return 0;
+	case VIRTIO_NET_HDR_GSO_TCPV4: need = VIRTIO_NET_F_HOST_TSO4; break;
+	case VIRTIO_NET_HDR_GSO_TCPV6: need = VIRTIO_NET_F_HOST_TSO6; break;
+	case VIRTIO_NET_HDR_GSO_UDP: need = VIRTIO_NET_F_HOST_UFO; break;
+	default: return cella_err_set(err, EINVAL, "unknown GSO type %u", gso);
+	}
+	if (!(features & BIT(need)))
+		return cella_err_set(err, EINVAL, "GSO type %u without its feature (bit %u)", gso, need);
+	if ((h->gso_type & VIRTIO_NET_HDR_GSO_ECN) && !(features & BIT(VIRTIO_NET_F_HOST_ECN)))
+		return cella_err_set(err, EINVAL, "GSO with ECN without the HOST_ECN feature");
+	if (!(h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM))
+		return cella_err_set(err, EINVAL, "GSO packet without NEEDS_CSUM");
+	if (h->gso_size == 0)
+		return cella_err_set(err, EINVAL, "GSO packet with gso_size 0");
+	if (h->hdr_len > frame_len)
+		return cella_err_set(err, EINVAL, "hdr_len %u beyond the %u-byte frame", h->hdr_len, frame_len);
+	return 0;
+}
+
+unsigned virtio_net_offload_for(uint64_t f)
+{
+	unsigned o = 0;
+	if (!(f & BIT(VIRTIO_NET_F_GUEST_CSUM)))
+		return 0; /* every offloaded packet carries a partial checksum */
+	o |= TAP_OFFLOAD_CSUM;
+	if (f & BIT(VIRTIO_NET_F_GUEST_TSO4))
+		o |= TAP_OFFLOAD_TSO4;
+	if (f & BIT(VIRTIO_NET_F_GUEST_TSO6))
+		o |= TAP_OFFLOAD_TSO6;
+	if ((f & BIT(VIRTIO_NET_F_GUEST_ECN)) && (o & (TAP_OFFLOAD_TSO4 | TAP_OFFLOAD_TSO6)))
+		o |= TAP_OFFLOAD_TSO_ECN;
+	if (f & BIT(VIRTIO_NET_F_GUEST_UFO))
+		o |= TAP_OFFLOAD_UFO;
+	return o;
+}
+
+/* Whether a packet from the backend (its header h) is one the guest said it can take; clears
+ * DATA_VALID for a guest without GUEST_CSUM (a hint it cannot use). */
+static bool rx_hdr_fits_guest(struct virtio_net_hdr *h, uint64_t f)
+{
+	if (!(f & BIT(VIRTIO_NET_F_GUEST_CSUM)))
+		h->flags &= (uint8_t)~VIRTIO_NET_HDR_F_DATA_VALID;
+	if ((h->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && !(f & BIT(VIRTIO_NET_F_GUEST_CSUM)))
+		return false;
+	if ((h->gso_type & VIRTIO_NET_HDR_GSO_ECN) && !(f & BIT(VIRTIO_NET_F_GUEST_ECN)))
+		return false;
+	switch (h->gso_type & (uint8_t)~VIRTIO_NET_HDR_GSO_ECN) {
+	case VIRTIO_NET_HDR_GSO_NONE: return true;
+	case VIRTIO_NET_HDR_GSO_TCPV4: return f & BIT(VIRTIO_NET_F_GUEST_TSO4);
+	case VIRTIO_NET_HDR_GSO_TCPV6: return f & BIT(VIRTIO_NET_F_GUEST_TSO6);
+	case VIRTIO_NET_HDR_GSO_UDP: return f & BIT(VIRTIO_NET_F_GUEST_UFO);
+	}
+	return false;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int virtio_net_parse_mac(const char *s, uint8_t mac[6], struct cella_err *err)
+{
+	uint8_t m[6];
+	const char *p = s;
+	for (int i = 0; i < 6; i++) {
+		int hi = hexval(p[0]), lo = hi < 0 ? -1 : hexval(p[1]);
+		if (lo < 0)
+			goto bad;
+		m[i] = (uint8_t)(hi << 4 | lo);
+		p += 2;
+		if (i < 5) {
+			if (*p != ':' && *p != '-')
+				goto bad;
+			p++;
+		}
+	}
+	if (*p)
+		goto bad;
+	if (m[0] & 1)
+		return cella_err_set(err, EINVAL, "mac %s: a multicast address (lowest bit of the first byte set)", s);
+	if (!(m[0] | m[1] | m[2] | m[3] | m[4] | m[5]))
+		return cella_err_set(err, EINVAL, "mac %s: all zero", s);
+	memcpy(mac, m, 6);
+	return 0;
+bad:
+	return cella_err_set(err, EINVAL, "mac \"%s\": expected six hex pairs like 52:54:00:12:34:56", s);
+}
+
+void virtio_net_random_mac(uint8_t mac[6])
+{
+	uint8_t m[6] = { 0 };
+	size_t got = 0;
+	while (got < sizeof(m)) {
+		ssize_t r = getrandom(m + got, sizeof(m) - got, 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			break; /* the time-based fallback below still gives a usable address */
+		}
+		got += (size_t)r;
+	}
+	if (got < sizeof(m)) {
+		uint64_t t = (uint64_t)getpid() * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)mac;
+		memcpy(m + 1, &t, 5);
+	}
+	m[0] = (uint8_t)((m[0] & 0xfe) | 0x02); /* unicast, locally administered */
+	memcpy(mac, m, 6);
+}
+
+/* --- chain copies (bounds come from vq_pop, which checked every buffer against RAM) --- */
+
+/* Copies len bytes at byte offset off of the chain's readable part into dst; returns bytes copied. */
+static uint32_t chain_read(const struct vq_chain *c, uint32_t off, uint8_t *dst, uint32_t len)
+{
+	uint32_t done = 0;
+	for (unsigned i = 0; i < c->n_out && done < len; i++) {
+		uint32_t l = c->buf[i].len;
+		if (off >= l) {
+			off -= l;
+			continue;
+		}
+		uint32_t k = l - off < len - done ? l - off : len - done;
+		memcpy(dst + done, c->buf[i].addr + off, k);
+		done += k;
+		off = 0;
+	}
+	return done;
+}
+
+/* Copies len bytes from src into the chain's writable part at byte offset off; returns bytes copied. */
+static uint32_t chain_write(const struct vq_chain *c, uint32_t off, const uint8_t *src, uint32_t len)
+{
+	uint32_t done = 0;
+	for (unsigned i = c->n_out; i < c->n && done < len; i++) {
+		uint32_t l = c->buf[i].len;
+		if (off >= l) {
+			off -= l;
+			continue;
+		}
+		uint32_t k = l - off < len - done ? l - off : len - done;
+		memcpy(c->buf[i].addr + off, src + done, k);
+		done += k;
+		off = 0;
+	}
+	return done;
+}
+
+/* --- TX: guest -> backend --- */
+
+/* Sends one chain's packet or drops it (counted). The header is copied out of guest memory once and
+ * checked; the backend gets our copy, so the guest cannot change it after the check. */
+static void tx_one(struct virtio_net *n, const struct vq_chain *c, uint64_t features)
+{
+	struct cella_err err = { 0 };
+	struct virtio_net_hdr h;
+	if (c->out_bytes < VIRTIO_NET_HDR_LEN) {
+		n->stats.tx_dropped++;
+		warn_once(n, WARN_TX_HDR, "TX chain of %llu bytes, shorter than the header: dropped",
+			  (unsigned long long)c->out_bytes);
+		return;
+	}
+	chain_read(c, 0, (uint8_t *)&h, VIRTIO_NET_HDR_LEN);
+	uint32_t frame = (uint32_t)(c->out_bytes - VIRTIO_NET_HDR_LEN);
+	if (virtio_net_check_tx_hdr(&h, frame, features, &err) < 0) {
+		n->stats.tx_dropped++;
+		warn_once(n, WARN_TX_HDR, "bad TX packet dropped: %s", err.msg);
+		return;
+	}
+	h.num_buffers = 0;
+	struct iovec iov[IOV_MAX];
+	unsigned cnt = 0;
+	iov[cnt++] = (struct iovec){ .iov_base = &h, .iov_len = VIRTIO_NET_HDR_LEN };
+	uint32_t skip = VIRTIO_NET_HDR_LEN;
+	for (unsigned i = 0; i < c->n_out; i++) {
+		uint32_t l = c->buf[i].len;
+		if (skip >= l) {
+			skip -= l;
+			continue;
+		}
+		if (cnt == IOV_MAX) { /* more segments than writev takes: send a linear copy */
+			memcpy(n->tx_pkt, &h, VIRTIO_NET_HDR_LEN);
+			chain_read(c, VIRTIO_NET_HDR_LEN, n->tx_pkt + VIRTIO_NET_HDR_LEN, frame);
+			iov[0] = (struct iovec){ .iov_base = n->tx_pkt, .iov_len = VIRTIO_NET_HDR_LEN + frame };
+			cnt = 1;
+			break;
+		}
+		iov[cnt++] = (struct iovec){ .iov_base = c->buf[i].addr + skip, .iov_len = l - skip };
+		skip = 0;
+	}
+	ssize_t w;
+	do
+		w = writev(n->be.fd, iov, (int)cnt);
+	while (w < 0 && errno == EINTR);
+	if (w < 0) {
+		/* EAGAIN: the backend's queue is full; the kernel would drop it there too. EIO: link down. */
+		n->stats.tx_dropped++;
+		warn_once(n, WARN_TX_WRITE, "TX write to the backend: %s: packet dropped", strerror(errno));
+		return;
+	}
+	n->stats.tx_packets++;
+	n->stats.tx_bytes += frame;
+}
+
+static void activate(struct virtio_net *n, struct virtio_mmio *t)
+{
+	unsigned o = virtio_net_offload_for(t->drv_features);
+	if (o == n->offload || !n->be.set_offload)
+		return;
+	struct cella_err err = { 0 };
+	if (n->be.set_offload(n->be.ctx, o, &err) < 0) {
+		/* the backend keeps doing the work in software: slower, still correct */
+		log_warn("%s: %s", n->name, err.msg);
+		return;
+	}
+	n->offload = o;
+}
+
+void virtio_net_tx(struct virtio_net *n)
+{
+	struct virtio_mmio *t = n->t;
+	struct cella_err err = { 0 };
+	virtio_mmio_lock(t);
+	struct vq *q = virtio_mmio_queue(t, VIRTIO_NET_TXQ);
+	int r = 0;
+	bool pushed = false;
+	n->tx_more = false;
+	for (unsigned budget = TX_BUDGET; q; budget--) {
+		if (budget == 0) {
+			n->tx_more = true; /* let RX have a turn; the thread comes straight back */
+			break;
+		}
+		r = vq_pop(q, &n->chain, &err);
+		if (r < 0) {
+			virtio_mmio_fail(t, err.msg);
+			break;
+		}
+		if (r == 0) {
+			/* re-arm, then look again: a packet queued meanwhile would get no notification */
+			if (!vq_enable_notify(q, true))
+				break;
+			continue;
+		}
+		tx_one(n, &n->chain, t->drv_features);
+		vq_push(q, n->chain.head, 0);
+		pushed = true;
+	}
+	if (pushed)
+		virtio_mmio_used(t, VIRTIO_NET_TXQ);
+	virtio_mmio_unlock(t);
+}
+
+/* --- RX: backend -> guest --- */
+
+/* Moves the pending packet into the guest's buffers. Returns 1 when it was delivered or dropped
+ * (counted), 0 when the guest has not posted room for it yet (kept; nothing taken from the ring), or
+ * a negative errno for a malformed ring or buffer (err says why). */
+static int rx_deliver(struct virtio_net *n, struct vq *q, uint64_t f, struct cella_err *err)
+{
+	uint32_t len = n->pending;
+	struct virtio_net_hdr h;
+	memcpy(&h, n->rx_pkt, VIRTIO_NET_HDR_LEN);
+	if (!rx_hdr_fits_guest(&h, f)) {
+		n->stats.rx_dropped++;
+		warn_once(n, WARN_RX_FEATURES,
+			  "RX packet with offload (flags 0x%x, gso %u) the guest did not negotiate: dropped", h.flags,
+			  h.gso_type);
+		return 1;
+	}
+	bool mrg = f & BIT(VIRTIO_NET_F_MRG_RXBUF);
+	uint8_t *nb_at[2] = { NULL, NULL }; /* where num_buffers lands (it may straddle two buffers) */
+	uint32_t off = 0;
+	unsigned used = 0;
+	while (off < len) {
+		if (used == q->size) {
+			vq_unpop_n(q, (uint16_t)used);
+			n->stats.rx_dropped++;
+			warn_once(n, WARN_RX_NOFIT, "RX packet of %u bytes does not fit in a whole ring of buffers: dropped",
+				  len - VIRTIO_NET_HDR_LEN);
+			return 1;
+		}
+		int r = vq_pop(q, &n->chain, err);
+		if (r < 0)
+			return r;
+		if (r == 0) {
+			/* ask for a notification, then look once more before giving the buffers back */
+			if (vq_enable_notify(q, true))
+				continue;
+			vq_unpop_n(q, (uint16_t)used);
+			return 0;
+		}
+		struct vq_chain *c = &n->chain;
+		if (c->n_out)
+			return cella_err_set(err, EINVAL, "RX chain %u has device-readable descriptors", c->head);
+		if (c->in_bytes < (used == 0 ? VIRTIO_NET_HDR_LEN : 1))
+			return cella_err_set(err, EINVAL, "RX chain %u: %llu bytes, too small%s", c->head,
+					     (unsigned long long)c->in_bytes, used == 0 ? " for the header" : "");
+		if (!mrg && c->in_bytes < len) {
+			/* without mergeable buffers one chain takes the whole packet; the guest posted less */
+			vq_unpop_n(q, 1);
+			n->stats.rx_dropped++;
+			warn_once(n, WARN_RX_NOFIT, "RX packet of %u bytes, guest buffer of %llu: dropped", len,
+				  (unsigned long long)c->in_bytes);
+			return 1;
+		}
+		uint32_t k = c->in_bytes < len - off ? (uint32_t)c->in_bytes : len - off;
+		chain_write(c, 0, n->rx_pkt + off, k);
+		if (used == 0) {
+			/* num_buffers is bytes 10-11 of the header; find their host addresses */
+			for (int b = 0; b < 2; b++) {
+				uint32_t o = 10 + (uint32_t)b;
+				for (unsigned i = c->n_out; i < c->n; i++) {
+					if (o < c->buf[i].len) {
+						nb_at[b] = c->buf[i].addr + o;
+						break;
+					}
+					o -= c->buf[i].len;
+				}
+			}
+		}
+		n->heads[used] = c->head;
+		n->lens[used] = k;
+		used++;
+		off += k;
+	}
+	uint16_t nb = mrg ? (uint16_t)used : 1;
+	*nb_at[0] = (uint8_t)nb;
+	*nb_at[1] = (uint8_t)(nb >> 8);
+	vq_push_n(q, n->heads, n->lens, used);
+	n->stats.rx_packets++;
+	n->stats.rx_bytes += len - VIRTIO_NET_HDR_LEN;
+	return 1;
+}
+
+void virtio_net_rx(struct virtio_net *n)
+{
+	struct virtio_mmio *t = n->t;
+	struct cella_err err = { 0 };
+	virtio_mmio_lock(t);
+	struct vq *q = virtio_mmio_queue(t, VIRTIO_NET_RXQ);
+	bool pushed = false;
+	n->rx_wait = false;
+	for (unsigned budget = RX_BUDGET; budget > 0; budget--) {
+		if (!q) {
+			n->rx_wait = true; /* not live: DRIVER_OK or a reset-and-setup kicks us */
+			break;
+		}
+		if (!n->pending) {
+			if (n->be_dead)
+				break;
+			if (!vq_has_avail(q) && !vq_enable_notify(q, true)) {
+				n->rx_wait = true; /* no buffers: leave frames in the backend until the guest posts */
+				break;
+			}
+			ssize_t r = read(n->be.fd, n->rx_pkt, VIRTIO_NET_MAX_PACKET);
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno != EAGAIN && errno != EWOULDBLOCK) {
+					warn_once(n, WARN_RX_READ, "RX read from the backend: %s", strerror(errno));
+					if (errno != ENOBUFS && errno != ENOMEM)
+						n->be_dead = true;
+				}
+				break;
+			}
+			if (r < VIRTIO_NET_HDR_LEN + VIRTIO_NET_MIN_FRAME) {
+				n->stats.rx_dropped++;
+				continue;
+			}
+			n->pending = (uint32_t)r;
+		}
+		int r = rx_deliver(n, q, t->drv_features, &err);
+		if (r < 0) {
+			virtio_mmio_fail(t, err.msg);
+			break;
+		}
+		if (r == 0) {
+			n->rx_wait = true;
+			break;
+		}
+		n->pending = 0;
+		pushed = true;
+	}
+	if (pushed)
+		virtio_mmio_used(t, VIRTIO_NET_RXQ);
+	virtio_mmio_unlock(t);
+}
+
+bool virtio_net_rx_wants_fd(const struct virtio_net *n)
+{
+	return !n->rx_wait && !n->be_dead && !n->pending;
+}
+
+/* --- transport hooks (vCPU thread, transport lock held) --- */
+
+static void kick(int fd)
+{
+	uint64_t one = 1;
+	if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		log_debug("virtio-net: eventfd: %s", strerror(errno));
+}
+
+static void net_notify(void *dev, struct virtio_mmio *t, unsigned q)
+{
+	struct virtio_net *n = dev;
+	kick(q == VIRTIO_NET_RXQ ? n->rx_kick : n->tx_kick);
+}
+
+static void net_driver_ok(void *dev, struct virtio_mmio *t)
+{
+	struct virtio_net *n = dev;
+	activate(n, t);
+	kick(n->rx_kick); /* frames may be waiting in the backend */
+	kick(n->tx_kick);
+}
+
+static void net_reset(void *dev)
+{
+	struct virtio_net *n = dev;
+	if (n->offload && n->be.set_offload) {
+		struct cella_err err = { 0 };
+		if (n->be.set_offload(n->be.ctx, 0, &err) < 0)
+			log_warn("%s: %s", n->name, err.msg);
+		else
+			n->offload = 0;
+	}
+}
+
+static void net_read_config(void *dev, uint32_t offset, uint8_t *data, uint32_t len)
+{
+	struct virtio_net *n = dev;
+	uint8_t cfg[NET_CONFIG_LEN] = { 0 };
+	memcpy(cfg, n->mac, 6);
+	cfg[6] = VIRTIO_NET_S_LINK_UP;
+	cfg[8] = 1; /* max_virtqueue_pairs (meaningful only with MQ) */
+	memcpy(data, cfg + offset, len); /* offset + len <= config_len: checked by the transport */
+}
+
+const struct virtio_dev_ops virtio_net_ops = {
+	.name = "virtio-net",
+	.device_id = VIRTIO_ID_NET,
+	.features = NET_FEATURES,
+	.nqueues = 2,
+	.config_len = NET_CONFIG_LEN,
+	.read_config = net_read_config,
+	.notify = net_notify,
+	.reset = net_reset,
+	.driver_ok = net_driver_ok,
+};
+
+/* --- the device thread --- */
+
+static void drain(int fd)
+{
+	uint64_t v;
+	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		log_debug("virtio-net: eventfd: %s", strerror(errno));
+}
+
+static void *net_thread(void *arg)
+{
+	struct virtio_net *n = arg;
+	bool again = false;
+	for (;;) {
+		struct pollfd fds[4] = {
+			{ .fd = n->stop_fd, .events = POLLIN },
+			{ .fd = n->tx_kick, .events = POLLIN },
+			{ .fd = n->rx_kick, .events = POLLIN },
+			{ .fd = virtio_net_rx_wants_fd(n) ? n->be.fd : -1, .events = POLLIN },
+		};
+		int r = poll(fds, 4, again ? 0 : -1);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			log_error("%s: poll: %s", n->name, strerror(errno));
+			break;
+		}
+		if (fds[0].revents)
+			break;
+		again = false;
+		if (fds[1].revents & POLLIN)
+			drain(n->tx_kick);
+		if ((fds[1].revents & POLLIN) || n->tx_more) {
+			virtio_net_tx(n);
+			again = n->tx_more;
+		}
+		bool rx = false;
+		if (fds[2].revents & POLLIN) {
+			drain(n->rx_kick);
+			rx = true;
+		}
+		if (fds[3].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+			log_warn("%s: the backend reported %s; no more RX from it", n->name,
+				 fds[3].revents & POLLNVAL ? "an invalid fd" : "an error or hang-up");
+			n->be_dead = true;
+		} else if (fds[3].revents & POLLIN) {
+			rx = true;
+		}
+		if (rx) {
+			virtio_net_rx(n);
+			/* a full budget may leave frames in the backend: come back without sleeping */
+			again = again || (!n->rx_wait && !n->be_dead);
+		}
+	}
+	return NULL;
+}
+
+int virtio_net_init(struct virtio_net *n, const char *name, const uint8_t mac[6], const struct virtio_net_backend *be,
+		    struct cella_err *err)
+{
+	memset(n, 0, sizeof(*n));
+	n->rx_kick = n->tx_kick = n->stop_fd = -1;
+	snprintf(n->name, sizeof(n->name), "%s", name);
+	memcpy(n->mac, mac, 6);
+	n->be = *be;
+	n->rx_wait = true;
+	n->rx_pkt = malloc(VIRTIO_NET_MAX_PACKET);
+	n->tx_pkt = malloc(VIRTIO_NET_MAX_PACKET);
+	if (!n->rx_pkt || !n->tx_pkt) {
+		virtio_net_destroy(n);
+		return cella_err_set(err, ENOMEM, "%s: out of memory", name);
+	}
+	int *fds[] = { &n->rx_kick, &n->tx_kick, &n->stop_fd };
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		*fds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (*fds[i] < 0) {
+			int e = errno;
+			virtio_net_destroy(n);
+			return cella_err_sys(err, e, "%s: eventfd", name);
+		}
+	}
+	return 0;
+}
+
+void virtio_net_attach(struct virtio_net *n, struct virtio_mmio *t)
+{
+	n->t = t;
+}
+
+int virtio_net_start(struct virtio_net *n, struct cella_err *err)
+{
+	int r = pthread_create(&n->thread, NULL, net_thread, n);
+	if (r)
+		return cella_err_sys(err, r, "%s: thread", n->name);
+	n->started = true;
+	return 0;
+}
+
+void virtio_net_stop(struct virtio_net *n)
+{
+	if (!n->started)
+		return;
+	kick(n->stop_fd);
+	pthread_join(n->thread, NULL);
+	n->started = false;
+}
+
+void virtio_net_destroy(struct virtio_net *n)
+{
+	virtio_net_stop(n);
+	const struct virtio_net_stats *s = &n->stats;
+	if (n->rx_pkt) {
+		if (s->rx_dropped || s->tx_dropped)
+			log_info("%s: rx %llu packets %llu bytes, %llu dropped; tx %llu packets %llu bytes, %llu dropped",
+				 n->name, (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
+				 (unsigned long long)s->rx_dropped, (unsigned long long)s->tx_packets,
+				 (unsigned long long)s->tx_bytes, (unsigned long long)s->tx_dropped);
+		else
+			log_debug("%s: rx %llu packets %llu bytes; tx %llu packets %llu bytes", n->name,
+				  (unsigned long long)s->rx_packets, (unsigned long long)s->rx_bytes,
+				  (unsigned long long)s->tx_packets, (unsigned long long)s->tx_bytes);
+	}
+	free(n->rx_pkt);
+	free(n->tx_pkt);
+	n->rx_pkt = n->tx_pkt = NULL;
+	int *fds[] = { &n->rx_kick, &n->tx_kick, &n->stop_fd };
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		if (*fds[i] >= 0)
+			close(*fds[i]);
+		*fds[i] = -1;
+	}
+}
