@@ -114,6 +114,10 @@ build/fuzz/fuzz_blk: tests/fuzz/fuzz_blk.c vmm/virtio/blk_req.c vmm/virtio/queue
 build/fuzz/fuzz_api: tests/fuzz/fuzz_api.c vmm/api/http.c vmm/api/request.c base/json.c base/err.c base/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
+build/fuzz/fuzz_virtio_net: tests/fuzz/fuzz_virtio_net.c vmm/virtio/net.c vmm/virtio/mmio.c vmm/virtio/queue.c \
+		base/err.c base/log.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -o $@ $^
 
 test:
 	tests/run

@@ -33,7 +33,7 @@ die() { echo "guest-kit.sh: $*" >&2; exit 1; }
 # Names use '_' or '-' as the .ko file does; built-in or missing ones are skipped.
 guest_modules="virtio_mmio virtio_pci virtio_blk virtio_net virtio-rng virtio_console
 	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport ext4"
-sandbox_modules="irqbypass kvm kvm-amd"
+sandbox_modules="irqbypass kvm kvm-amd tun"
 
 candidate() { # PKG -> candidate version from the apt lists
 	apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2; exit }'

@@ -273,7 +273,7 @@ static void tx_one(struct virtio_net *n, const struct vq_chain *c, uint64_t feat
 	}
 	ssize_t w;
 	do
-		w = writev(n->be.fd, iov, (int)cnt);
+		w = n->be.writev ? n->be.writev(n->be.ctx, iov, (int)cnt) : writev(n->be.fd, iov, (int)cnt);
 	while (w < 0 && errno == EINTR);
 	if (w < 0) {
 		/* EAGAIN: the backend's queue is full; the kernel would drop it there too. EIO: link down. */
@@ -435,7 +435,8 @@ void virtio_net_rx(struct virtio_net *n)
 				n->rx_wait = true; /* no buffers: leave frames in the backend until the guest posts */
 				break;
 			}
-			ssize_t r = read(n->be.fd, n->rx_pkt, VIRTIO_NET_MAX_PACKET);
+			ssize_t r = n->be.read ? n->be.read(n->be.ctx, n->rx_pkt, VIRTIO_NET_MAX_PACKET)
+					       : read(n->be.fd, n->rx_pkt, VIRTIO_NET_MAX_PACKET);
 			if (r < 0) {
 				if (errno == EINTR)
 					continue;

@@ -18,6 +18,8 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #include "vmm/virtio/mmio.h"
 
@@ -74,6 +76,10 @@ struct virtio_net_backend {
 	int fd; /* non-blocking; not owned */
 	/* Which offloaded packets the backend may hand the device (TAP_OFFLOAD_* bits); NULL = none. */
 	int (*set_offload)(void *ctx, unsigned flags, struct cella_err *err);
+	/* Optional stand-ins for read(fd) and writev(fd) (the fuzz target's in-memory backend); same
+	 * contract: -1 with errno set on failure, EAGAIN when nothing is there. */
+	ssize_t (*read)(void *ctx, void *buf, size_t len);
+	ssize_t (*writev)(void *ctx, const struct iovec *iov, int cnt);
 	void *ctx;
 };
 
