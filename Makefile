@@ -115,9 +115,9 @@ build/fuzz/fuzz_api: tests/fuzz/fuzz_api.c vmm/api/http.c vmm/api/request.c base
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson
 build/fuzz/fuzz_virtio_net: tests/fuzz/fuzz_virtio_net.c vmm/virtio/net.c vmm/virtio/mmio.c vmm/virtio/queue.c \
-		base/err.c base/log.c
+		vmm/iothread.c vmm/ratelimit.c vmm/snapfile.c base/err.c base/log.c base/util.c
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -o $@ $^
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -o $@ $^ -lz
 
 test:
 	tests/run

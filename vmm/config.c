@@ -7,6 +7,7 @@
 #include "base/err.h"
 #include "base/json.h"
 #include "base/util.h"
+#include "vmm/virtio/net.h"
 #include "vmm/vmm.h"
 
 #define CONFIG_MAX_BYTES (1 << 20)
@@ -23,10 +24,18 @@ static void disk_free(struct vmm_disk *d)
 	*d = (struct vmm_disk){ 0 };
 }
 
+static void net_free(struct vmm_net *n)
+{
+	free(n->tap);
+	*n = (struct vmm_net){ 0 };
+}
+
 void vmm_config_free(struct vmm_config *cfg)
 {
 	for (unsigned i = 0; i < cfg->ndisks; i++)
 		disk_free(&cfg->disks[i]);
+	for (unsigned i = 0; i < cfg->nnets; i++)
+		net_free(&cfg->nets[i]);
 	free(cfg->kernel);
 	free(cfg->initrd);
 	free(cfg->cmdline);
@@ -169,6 +178,129 @@ int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_e
 	return 0;
 }
 
+/* Network rate limits: the disks' keys, with pps* as other names for iops* (operations = packets). */
+static int net_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t value)
+{
+	static const char *const pps[][2] = { { "pps", "iops" }, { "pps_refill_ms", "iops_refill_ms" },
+					      { "pps_burst", "iops_burst" } };
+	for (size_t i = 0; i < ARRAY_SIZE(pps); i++)
+		if (!strcmp(key, pps[i][0]))
+			key = pps[i][1];
+	return vmm_ratelimit_set(rl, key, value);
+}
+
+static int check_net(struct vmm_net *n, const char *where, struct cella_err *err)
+{
+	if (!n->tap || !*n->tap)
+		return cella_err_set(err, EINVAL, "%s: a network device needs tap=NAME", where);
+	if (strlen(n->tap) >= 16 || strpbrk(n->tap, "/: \t\n") || !strcmp(n->tap, ".") || !strcmp(n->tap, ".."))
+		return cella_err_set(err, EINVAL, "%s: tap \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' "
+				     "or spaces)", where, n->tap);
+	if (!(n->mac[0] | n->mac[1] | n->mac[2] | n->mac[3] | n->mac[4] | n->mac[5]))
+		virtio_net_random_mac(n->mac);
+	struct ratelimit rl;
+	int r = ratelimit_init(&rl, &n->rl, err);
+	ratelimit_destroy(&rl);
+	return r < 0 ? cella_err_wrap(err, "%s", where) : 0;
+}
+
+int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err)
+{
+	if (cfg->nnets >= VMM_MAX_NETS)
+		return cella_err_set(err, E2BIG, "--net %s: at most %d network devices", spec, VMM_MAX_NETS);
+	_cleanup_free_ char *copy = strdup(spec);
+	if (!copy)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	struct vmm_net n = { 0 };
+	char *save = NULL;
+	int r = 0;
+	for (char *tok = strtok_r(copy, ",", &save); tok && r == 0; tok = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(tok, '=');
+		if (!eq) {
+			r = cella_err_set(err, EINVAL, "--net %s: \"%s\": expected KEY=VALUE", spec, tok);
+		} else if (!strncmp(tok, "tap=", 4)) {
+			r = replace(&n.tap, eq + 1, err);
+		} else if (!strncmp(tok, "mac=", 4)) {
+			if ((r = virtio_net_parse_mac(eq + 1, n.mac, err)) < 0)
+				cella_err_wrap(err, "--net %s", spec);
+		} else {
+			*eq = 0;
+			uint64_t v;
+			if (parse_size(eq + 1, &v) < 0)
+				r = cella_err_set(err, EINVAL, "--net %s: %s: expected a number (suffix K, M, G), got \"%s\"",
+						  spec, tok, eq + 1);
+			else if (!net_ratelimit_set(&n.rl, tok, v))
+				r = cella_err_set(err, EINVAL, "--net %s: unknown option \"%s\" (tap=, mac=, bw=, bw_refill_ms=, "
+						  "bw_burst=, pps= (or iops=), pps_refill_ms=, pps_burst=)", spec, tok);
+		}
+	}
+	if (r == 0) {
+		char where[80];
+		snprintf(where, sizeof(where), "--net %s", spec);
+		r = check_net(&n, where, err);
+	}
+	if (r < 0) {
+		net_free(&n);
+		return r;
+	}
+	cfg->nets[cfg->nnets++] = n;
+	return 0;
+}
+
+static int load_nets(struct vmm_config *cfg, const json_t *arr, struct cella_err *err)
+{
+	static const char *const own[] = { "tap", "mac", "pps", "pps_refill_ms", "pps_burst" };
+	const char *known[ARRAY_SIZE(own) + 8];
+	size_t nk = 0;
+	for (size_t i = 0; i < ARRAY_SIZE(own); i++)
+		known[nk++] = own[i];
+	for (size_t i = 0; vmm_ratelimit_keys[i]; i++)
+		known[nk++] = vmm_ratelimit_keys[i];
+	known[nk] = NULL;
+	int r = cj_expect_array(arr, "nets", err);
+	if (r < 0)
+		return r;
+	if (json_array_size(arr) > VMM_MAX_NETS)
+		return cella_err_set(err, E2BIG, "nets: %zu network devices, at most %d", json_array_size(arr),
+				     VMM_MAX_NETS);
+	for (unsigned i = 0; i < cfg->nnets; i++)
+		net_free(&cfg->nets[i]);
+	cfg->nnets = 0;
+	for (size_t i = 0; i < json_array_size(arr); i++) {
+		const json_t *o = json_array_get(arr, i);
+		char path[64];
+		cj_subpath_index(path, sizeof(path), "nets", i);
+		if ((r = cj_expect_object(o, path, err)) < 0 || (r = cj_reject_unknown(o, path, known, err)) < 0)
+			return r;
+		struct vmm_net n = { 0 };
+		const char *s;
+		if ((r = cj_get_string(o, path, "tap", true, &s, err)) < 0 || (r = replace(&n.tap, s, err)) < 0)
+			goto bad;
+		if ((r = cj_get_string(o, path, "mac", false, &s, err)) < 0 ||
+		    (r > 0 && (r = virtio_net_parse_mac(s, n.mac, err)) < 0)) {
+			cella_err_wrap(err, "%s", path);
+			goto bad;
+		}
+		for (size_t k = 0; known[k]; k++) {
+			uint64_t v;
+			if (k < 2)
+				continue; /* tap, mac */
+			if ((r = cj_get_uint64(o, path, known[k], false, &v, err)) < 0)
+				goto bad;
+			if (r > 0)
+				net_ratelimit_set(&n.rl, known[k], v);
+		}
+		if ((r = check_net(&n, path, err)) < 0)
+			goto bad;
+		cfg->nets[cfg->nnets++] = n;
+		continue;
+bad:
+		net_free(&n);
+		return r;
+	}
+	return 0;
+}
+
 static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_err *err)
 {
 	static const char *const own[] = { "path", "ro", "id" };
@@ -220,7 +352,7 @@ bad:
 }
 
 /* Every field of the JSON form. vmm_config_to_json must write each one (a unit test checks it). */
-static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", NULL };
+static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", "nets", NULL };
 
 static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)
 {
@@ -255,6 +387,9 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 		cfg->rng = b;
 	json_t *disks;
 	if ((r = cj_get_array(j, "", "disks", false, &disks, err)) < 0 || (r > 0 && (r = load_disks(cfg, disks, err)) < 0))
+		goto fail;
+	json_t *nets;
+	if ((r = cj_get_array(j, "", "nets", false, &nets, err)) < 0 || (r > 0 && (r = load_nets(cfg, nets, err)) < 0))
 		goto fail;
 	return 0;
 fail:
@@ -315,6 +450,23 @@ int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_er
 		bad |= json_array_append_new(disks, o);
 	}
 	bad |= !disks || json_object_set_new(j, "disks", disks);
+	json_t *nets = json_array();
+	for (unsigned i = 0; nets && i < cfg->nnets; i++) {
+		const struct vmm_net *n = &cfg->nets[i];
+		json_t *o = json_object();
+		char mac[18];
+		snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", n->mac[0], n->mac[1], n->mac[2], n->mac[3],
+			 n->mac[4], n->mac[5]);
+		const uint64_t vals[] = { n->rl.bw.size, n->rl.bw.refill_ms, n->rl.bw.one_time_burst,
+					  n->rl.ops.size, n->rl.ops.refill_ms, n->rl.ops.one_time_burst };
+		bad |= !o || json_object_set_new(o, "tap", json_string(n->tap)) ||
+		       json_object_set_new(o, "mac", json_string(mac));
+		for (size_t k = 0; o && vmm_ratelimit_keys[k]; k++)
+			if (vals[k])
+				bad |= json_object_set_new(o, vmm_ratelimit_keys[k], json_integer((json_int_t)vals[k]));
+		bad |= json_array_append_new(nets, o);
+	}
+	bad |= !nets || json_object_set_new(j, "nets", nets);
 	char *text = bad ? NULL : json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!text)
 		return cella_err_set(err, ENOMEM, "config: cannot write it as JSON");
@@ -332,9 +484,9 @@ int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err)
 		return cella_err_set(err, EINVAL, "memory: %llu MiB is out of range (%d..%llu MiB)",
 				     (unsigned long long)cfg->memory_mib, VMM_MIN_MEMORY_MIB_FLAT,
 				     (unsigned long long)VMM_MAX_MEMORY_MIB);
-	if (cfg->ndisks + (cfg->rng ? 1 : 0) > VMM_MAX_VIRTIO_DEVS)
-		return cella_err_set(err, E2BIG, "%u virtio devices, at most %d", cfg->ndisks + (cfg->rng ? 1 : 0),
-				     VMM_MAX_VIRTIO_DEVS);
+	if (cfg->ndisks + cfg->nnets + (cfg->rng ? 1 : 0) > VMM_MAX_VIRTIO_DEVS)
+		return cella_err_set(err, E2BIG, "%u virtio devices, at most %d",
+				     cfg->ndisks + cfg->nnets + (cfg->rng ? 1 : 0), VMM_MAX_VIRTIO_DEVS);
 	if (cfg->cmdline && strlen(cfg->cmdline) >= 4096)
 		return cella_err_set(err, E2BIG, "cmdline: %zu bytes, at most 4095", strlen(cfg->cmdline));
 	return 0;

@@ -28,6 +28,7 @@
 #include "vmm/snapfile.h"
 #include "vmm/snapshot.h"
 #include "vmm/virtio/blk.h"
+#include "vmm/virtio/net.h"
 #include "vmm/vm.h"
 #include "vmm/x86/boot.h"
 #include "vmm/x86/cpu.h"
@@ -197,6 +198,9 @@ static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, 
 		return r;
 	for (unsigned i = 0; i < cfg->ndisks; i++)
 		if ((r = blk_add(vm, &cfg->disks[i], err)) < 0)
+			return r;
+	for (unsigned i = 0; i < cfg->nnets; i++)
+		if ((r = net_add(vm, &cfg->nets[i], err)) < 0)
 			return r;
 	if (cfg->debug_device) {
 		if ((r = debug_device_new(&vm->debug_device, err)) < 0 ||

@@ -53,6 +53,17 @@ int vmm_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t value)
 /* The keys above, NULL-terminated (for JSON unknown-field checks). */
 extern const char *const vmm_ratelimit_keys[];
 
+#define VMM_MAX_NETS 4
+
+/* --net tap=NAME[,mac=MAC][,RATE-LIMIT...] / "nets": [{"tap", "mac", RATE-LIMIT...}]. The rate-limit
+ * keys are the disks' (vmm_ratelimit_keys; "iops" counts packets, "pps", "pps_refill_ms" and
+ * "pps_burst" are accepted as its names too); each direction gets its own buckets of that size. */
+struct vmm_net {
+	char *tap;      /* TAP interface: created (and gone when the VMM exits) or attached if it exists */
+	uint8_t mac[6]; /* the guest's; random locally administered when not given */
+	struct ratelimit_cfg rl;
+};
+
 enum vmm_console {
 	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
 	VMM_CONSOLE_FILE,  /* guest serial appended to console_path; no input */
@@ -72,6 +83,8 @@ struct vmm_config {
 	bool rng;           /* virtio-rng */
 	struct vmm_disk disks[VMM_MAX_DISKS]; /* virtio-blk, in order (vda, vdb, ...) */
 	unsigned ndisks;
+	struct vmm_net nets[VMM_MAX_NETS]; /* virtio-net, in order (eth0, eth1, ...) */
+	unsigned nnets;
 
 	/* Snapshots (issue 6, vmm/snapshot.h). Not part of the JSON config. */
 	char *snapshot_dir;    /* SIGUSR2 pauses the VM, writes DIR/state and DIR/memory, resumes */
@@ -96,9 +109,12 @@ int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cell
 /* Parses one --disk value ("PATH[,ro][,id=NAME][,bw=..]...") and appends the disk. */
 int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
-/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks"})
- * over cfg: fields present replace cfg's values ("disks" replaces the list). Unknown fields are errors
- * naming the field. */
+/* Parses one --net value ("tap=NAME[,mac=MAC][,bw=..]...") and appends the network device. */
+int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err);
+
+/* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks",
+ * "nets"}) over cfg: fields present replace cfg's values ("disks" and "nets" replace the lists). Unknown
+ * fields are errors naming the field. */
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
 
 /* The config as the JSON that vmm_config_load_json reads (every field it knows; a snapshot stores it

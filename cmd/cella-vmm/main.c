@@ -29,8 +29,8 @@ static const char usage[] =
 	"  --cpus N             vCPUs, 1..32 (default 1)\n"
 	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
 	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
-	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, disks};\n"
-	"                       flags override, --disk adds to the config's disks\n"
+	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, disks,\n"
+	"                       nets}; flags override, --disk / --net add to the config's lists\n"
 	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
 	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
@@ -43,7 +43,15 @@ static const char usage[] =
 	"                         bw_refill_ms=MS  bw_burst=BYTES (one-time burst on top)\n"
 	"                         iops=N iops_refill_ms=MS iops_burst=N   the same for requests\n"
 	"                       JSON: \"disks\": [{\"path\": P, \"ro\": true, \"id\": S, \"bw\": N, ...}]\n"
-	"                       Virtio devices sit at 0xd0001000 + 0x200 * i (rng first, then disks), each on\n"
+	"  --net tap=NAME[,OPT...]  virtio-net on a TAP interface (repeatable, up to 4: eth0, eth1, ...);\n"
+	"                       the TAP is created (and removed when cella-vmm exits) or, if it exists,\n"
+	"                       attached and left as it was. OPT:\n"
+	"                         mac=MAC          the guest's address (default: random, locally administered)\n"
+	"                         bw=, bw_refill_ms=, bw_burst=   as for --disk, per direction\n"
+	"                         pps=N pps_refill_ms=MS pps_burst=N   packets (iops= etc. also accepted)\n"
+	"                       JSON: \"nets\": [{\"tap\": NAME, \"mac\": MAC, \"bw\": N, ...}]\n"
+	"                       Virtio devices sit at 0xd0001000 + 0x200 * i (rng first, then disks, then\n"
+	"                       nets), each on\n"
 	"                       its own IRQ (5, 6, 7, 10, 11, 16...), listed in the ACPI DSDT.\n"
 	"  --snapshot-dir DIR   on SIGUSR2: pause the VM, write DIR/state and DIR/memory, resume\n"
 	"                       (the control API's PUT /snapshot/create is the other way in)\n"
@@ -76,6 +84,7 @@ enum {
 	OPT_DISK,
 	OPT_API_SOCK,
 	OPT_ID,
+	OPT_NET,
 };
 
 static const struct option options[] = {
@@ -95,6 +104,7 @@ static const struct option options[] = {
 	{ "disk", required_argument, NULL, OPT_DISK },
 	{ "api-sock", required_argument, NULL, OPT_API_SOCK },
 	{ "id", required_argument, NULL, OPT_ID },
+	{ "net", required_argument, NULL, OPT_NET },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -194,6 +204,12 @@ int main(int argc, char **argv)
 			break;
 		case OPT_API_SOCK: r = set_string(&flags.api_sock, optarg); break;
 		case OPT_ID: r = set_string(&flags.id, optarg); break;
+		case OPT_NET:
+			if (vmm_config_add_net(&flags, optarg, &err) < 0) {
+				status = fail("%s", err.msg);
+				goto out;
+			}
+			break;
 		case 'h':
 			fputs(usage, stdout);
 			status = 0;
@@ -266,6 +282,16 @@ int main(int argc, char **argv)
 		flags.disks[i] = (struct vmm_disk){ 0 };
 	}
 	flags.ndisks = 0;
+	for (unsigned i = 0; i < flags.nnets; i++) {
+		if (cfg.nnets >= VMM_MAX_NETS) {
+			status = fail("--net tap=%s: at most %d network devices (with the config's)", flags.nets[i].tap,
+				      VMM_MAX_NETS);
+			goto out;
+		}
+		cfg.nets[cfg.nnets++] = flags.nets[i]; /* moved */
+		flags.nets[i] = (struct vmm_net){ 0 };
+	}
+	flags.nnets = 0;
 	if (console && vmm_config_set_console(&cfg, console, &err) < 0) {
 		status = fail("%s", err.msg);
 		goto out;

@@ -68,7 +68,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	cella_log_open("/dev/null", CELLA_LOG_TEXT, CELLA_LOG_ERROR, NULL);
 	struct virtio_net_backend be = { .fd = -1, .set_offload = offload, .read = be_read, .writev = be_writev };
-	if (virtio_net_init(&net, "fuzz", (const uint8_t *)"\x02\0\0\0\0\1", &be, NULL) < 0 ||
+	if (virtio_net_init(&net, "fuzz", (const uint8_t *)"\x02\0\0\0\0\1", &be, NULL, NULL) < 0 ||
 	    virtio_mmio_init(&t, &virtio_net_ops, &net, &host, 5, &mem, NULL) < 0)
 		__builtin_trap();
 	virtio_net_attach(&net, &t);

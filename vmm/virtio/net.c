@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/uio.h>
@@ -15,6 +16,7 @@
 
 #include "base/err.h"
 #include "base/log.h"
+#include "vmm/iothread.h"
 #include "vmm/virtio/tap.h"
 
 #define BIT(b) (1ull << (b))
@@ -299,21 +301,20 @@ static void activate(struct virtio_net *n, struct virtio_mmio *t)
 	n->offload = o;
 }
 
-void virtio_net_tx(struct virtio_net *n)
+/* Lock held. Sends what the guest queued, up to a budget; a rate limit that says "not now" leaves
+ * the chain on the ring until its timer fires. */
+static void tx_work(struct virtio_net *n, struct virtio_mmio *t)
 {
-	struct virtio_mmio *t = n->t;
 	struct cella_err err = { 0 };
-	virtio_mmio_lock(t);
 	struct vq *q = virtio_mmio_queue(t, VIRTIO_NET_TXQ);
-	int r = 0;
 	bool pushed = false;
 	n->tx_more = false;
-	for (unsigned budget = TX_BUDGET; q; budget--) {
+	for (unsigned budget = TX_BUDGET; q && !n->tx_rl.blocked; budget--) {
 		if (budget == 0) {
-			n->tx_more = true; /* let RX have a turn; the thread comes straight back */
+			n->tx_more = true;
 			break;
 		}
-		r = vq_pop(q, &n->chain, &err);
+		int r = vq_pop(q, &n->chain, &err);
 		if (r < 0) {
 			virtio_mmio_fail(t, err.msg);
 			break;
@@ -324,13 +325,26 @@ void virtio_net_tx(struct virtio_net *n)
 				break;
 			continue;
 		}
+		uint64_t bytes = n->chain.out_bytes > VIRTIO_NET_HDR_LEN ? n->chain.out_bytes - VIRTIO_NET_HDR_LEN : 0;
+		if (!ratelimit_consume(&n->tx_rl, bytes, 1)) {
+			vq_unpop(q);
+			break;
+		}
 		tx_one(n, &n->chain, t->drv_features);
 		vq_push(q, n->chain.head, 0);
 		pushed = true;
 	}
 	if (pushed)
 		virtio_mmio_used(t, VIRTIO_NET_TXQ);
-	virtio_mmio_unlock(t);
+}
+
+void virtio_net_tx(struct virtio_net *n)
+{
+	virtio_mmio_lock(n->t);
+	do
+		tx_work(n, n->t);
+	while (n->tx_more && !n->io);
+	virtio_mmio_unlock(n->t);
 }
 
 /* --- RX: backend -> guest --- */
@@ -415,17 +429,29 @@ static int rx_deliver(struct virtio_net *n, struct vq *q, uint64_t f, struct cel
 	return 1;
 }
 
-void virtio_net_rx(struct virtio_net *n)
+/* Watch the backend for input only while a frame could go somewhere (lock held). */
+static void update_watch(struct virtio_net *n)
 {
-	struct virtio_mmio *t = n->t;
+	bool want = n->io && n->bound && !n->rx_wait && !n->be_dead && !n->pending && !n->rx_rl.blocked;
+	if (want == n->watching)
+		return;
+	if (iothread_mod(n->io, n->be.fd, want ? EPOLLIN : 0) == 0)
+		n->watching = want;
+}
+
+/* Lock held. Moves frames from the backend into the guest's RX buffers until the backend is empty,
+ * the guest has no room (the frame is kept: an RX notification brings us back), a rate limit says
+ * "not now" (its timer brings us back) or a budget is spent (the I/O thread comes straight back,
+ * since the fd stays readable). */
+static void rx_work(struct virtio_net *n, struct virtio_mmio *t)
+{
 	struct cella_err err = { 0 };
-	virtio_mmio_lock(t);
 	struct vq *q = virtio_mmio_queue(t, VIRTIO_NET_RXQ);
 	bool pushed = false;
 	n->rx_wait = false;
-	for (unsigned budget = RX_BUDGET; budget > 0; budget--) {
+	for (unsigned budget = RX_BUDGET; budget > 0 && !n->rx_rl.blocked; budget--) {
 		if (!q) {
-			n->rx_wait = true; /* not live: DRIVER_OK or a reset-and-setup kicks us */
+			n->rx_wait = true; /* not live: DRIVER_OK or the driver's next RX notification restarts */
 			break;
 		}
 		if (!n->pending) {
@@ -452,6 +478,12 @@ void virtio_net_rx(struct virtio_net *n)
 				continue;
 			}
 			n->pending = (uint32_t)r;
+			n->rx_paid = false;
+		}
+		if (!n->rx_paid) {
+			if (!ratelimit_consume(&n->rx_rl, n->pending - VIRTIO_NET_HDR_LEN, 1))
+				break; /* kept; the limiter's timer brings us back */
+			n->rx_paid = true;
 		}
 		int r = rx_deliver(n, q, t->drv_features, &err);
 		if (r < 0) {
@@ -467,35 +499,44 @@ void virtio_net_rx(struct virtio_net *n)
 	}
 	if (pushed)
 		virtio_mmio_used(t, VIRTIO_NET_RXQ);
-	virtio_mmio_unlock(t);
+	update_watch(n);
+}
+
+void virtio_net_rx(struct virtio_net *n)
+{
+	virtio_mmio_lock(n->t);
+	rx_work(n, n->t);
+	virtio_mmio_unlock(n->t);
 }
 
 bool virtio_net_rx_wants_fd(const struct virtio_net *n)
 {
-	return !n->rx_wait && !n->be_dead && !n->pending;
+	return !n->rx_wait && !n->be_dead && !n->pending && !n->rx_rl.blocked;
 }
 
-/* --- transport hooks (vCPU thread, transport lock held) --- */
+/* --- transport hooks (transport lock held) --- */
 
-static void kick(int fd)
-{
-	uint64_t one = 1;
-	if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-		log_debug("virtio-net: eventfd: %s", strerror(errno));
-}
-
+/* The driver notified a queue: on the I/O thread (ioeventfd) in the VM, inline in unit tests. */
 static void net_notify(void *dev, struct virtio_mmio *t, unsigned q)
 {
 	struct virtio_net *n = dev;
-	kick(q == VIRTIO_NET_RXQ ? n->rx_kick : n->tx_kick);
+	if (q == VIRTIO_NET_TXQ) {
+		tx_work(n, t);
+		if (n->tx_more && n->io)
+			eventfd_write(n->again, 1); /* budget spent: come back after the other fds had a turn */
+	} else {
+		rx_work(n, t); /* new buffers: deliver a kept frame, watch the backend again */
+	}
 }
 
+/* vCPU thread: features are final. */
 static void net_driver_ok(void *dev, struct virtio_mmio *t)
 {
 	struct virtio_net *n = dev;
 	activate(n, t);
-	kick(n->rx_kick); /* frames may be waiting in the backend */
-	kick(n->tx_kick);
+	n->rx_wait = false;
+	if (n->io) /* frames may wait in the backend, buffers may have come before DRIVER_OK */
+		eventfd_write(n->again, 1);
 }
 
 static void net_reset(void *dev)
@@ -520,6 +561,16 @@ static void net_read_config(void *dev, uint32_t offset, uint8_t *data, uint32_t 
 	memcpy(data, cfg + offset, len); /* offset + len <= config_len: checked by the transport */
 }
 
+/* Restored from a snapshot (fresh process, transport state back): the driver will not set
+ * DRIVER_OK again, so redo what that did. */
+static int net_load(void *dev, struct snap_sec *sec, struct cella_err *err)
+{
+	struct virtio_net *n = dev;
+	if (n->t && (n->t->status & VIRTIO_STATUS_DRIVER_OK))
+		net_driver_ok(n, n->t);
+	return 0;
+}
+
 const struct virtio_dev_ops virtio_net_ops = {
 	.name = "virtio-net",
 	.device_id = VIRTIO_ID_NET,
@@ -530,90 +581,88 @@ const struct virtio_dev_ops virtio_net_ops = {
 	.notify = net_notify,
 	.reset = net_reset,
 	.driver_ok = net_driver_ok,
+	.load = net_load,
 };
 
-/* --- the device thread --- */
+/* --- on the I/O thread --- */
 
-static void drain(int fd)
+static void on_backend(void *opaque, uint32_t events)
 {
-	uint64_t v;
-	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		log_debug("virtio-net: eventfd: %s", strerror(errno));
+	struct virtio_net *n = opaque;
+	virtio_mmio_lock(n->t);
+	if (events & (EPOLLERR | EPOLLHUP)) {
+		/* e.g. the TAP was deleted under us: no more input from it (TX writes fail and are counted) */
+		log_warn("%s: the backend reported %s; no more RX from it", n->name,
+			 events & EPOLLERR ? "an error" : "a hang-up");
+		n->be_dead = true;
+		iothread_del(n->io, n->be.fd);
+		n->bound = false;
+	} else {
+		rx_work(n, n->t);
+	}
+	virtio_mmio_unlock(n->t);
 }
 
-static void *net_thread(void *arg)
+static void on_tx_timer(void *opaque, uint32_t events)
 {
-	struct virtio_net *n = arg;
-	bool again = false;
-	for (;;) {
-		struct pollfd fds[4] = {
-			{ .fd = n->stop_fd, .events = POLLIN },
-			{ .fd = n->tx_kick, .events = POLLIN },
-			{ .fd = n->rx_kick, .events = POLLIN },
-			{ .fd = virtio_net_rx_wants_fd(n) ? n->be.fd : -1, .events = POLLIN },
-		};
-		int r = poll(fds, 4, again ? 0 : -1);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			log_error("%s: poll: %s", n->name, strerror(errno));
-			break;
-		}
-		if (fds[0].revents)
-			break;
-		again = false;
-		if (fds[1].revents & POLLIN)
-			drain(n->tx_kick);
-		if ((fds[1].revents & POLLIN) || n->tx_more) {
-			virtio_net_tx(n);
-			again = n->tx_more;
-		}
-		bool rx = false;
-		if (fds[2].revents & POLLIN) {
-			drain(n->rx_kick);
-			rx = true;
-		}
-		if (fds[3].revents & (POLLERR | POLLHUP | POLLNVAL)) {
-			log_warn("%s: the backend reported %s; no more RX from it", n->name,
-				 fds[3].revents & POLLNVAL ? "an invalid fd" : "an error or hang-up");
-			n->be_dead = true;
-		} else if (fds[3].revents & POLLIN) {
-			rx = true;
-		}
-		if (rx) {
-			virtio_net_rx(n);
-			/* a full budget may leave frames in the backend: come back without sleeping */
-			again = again || (!n->rx_wait && !n->be_dead);
-		}
-	}
-	return NULL;
+	struct virtio_net *n = opaque;
+	ratelimit_timer_event(&n->tx_rl);
+	virtio_mmio_lock(n->t);
+	net_notify(n, n->t, VIRTIO_NET_TXQ);
+	virtio_mmio_unlock(n->t);
+}
+
+/* TX spent its budget, or DRIVER_OK came (on a vCPU thread): do both directions' work here. */
+static void on_again(void *opaque, uint32_t events)
+{
+	struct virtio_net *n = opaque;
+	eventfd_t v;
+	eventfd_read(n->again, &v);
+	virtio_mmio_lock(n->t);
+	net_notify(n, n->t, VIRTIO_NET_TXQ);
+	rx_work(n, n->t);
+	virtio_mmio_unlock(n->t);
+}
+
+static void on_rx_timer(void *opaque, uint32_t events)
+{
+	struct virtio_net *n = opaque;
+	ratelimit_timer_event(&n->rx_rl);
+	virtio_net_rx(n);
 }
 
 int virtio_net_init(struct virtio_net *n, const char *name, const uint8_t mac[6], const struct virtio_net_backend *be,
-		    struct cella_err *err)
+		    const struct ratelimit_cfg *rl, struct cella_err *err)
 {
 	memset(n, 0, sizeof(*n));
-	n->rx_kick = n->tx_kick = n->stop_fd = -1;
+	n->again = -1;
+	n->rx_rl.timer_fd = n->tx_rl.timer_fd = -1;
 	snprintf(n->name, sizeof(n->name), "%s", name);
 	memcpy(n->mac, mac, 6);
 	n->be = *be;
 	n->rx_wait = true;
+	int r;
 	n->rx_pkt = malloc(VIRTIO_NET_MAX_PACKET);
 	n->tx_pkt = malloc(VIRTIO_NET_MAX_PACKET);
 	if (!n->rx_pkt || !n->tx_pkt) {
-		virtio_net_destroy(n);
-		return cella_err_set(err, ENOMEM, "%s: out of memory", name);
+		r = cella_err_set(err, ENOMEM, "%s: out of memory", name);
+		goto fail;
 	}
-	int *fds[] = { &n->rx_kick, &n->tx_kick, &n->stop_fd };
-	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
-		*fds[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		if (*fds[i] < 0) {
-			int e = errno;
-			virtio_net_destroy(n);
-			return cella_err_sys(err, e, "%s: eventfd", name);
-		}
+	n->again = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (n->again < 0) {
+		r = cella_err_sys(err, errno, "%s: eventfd", name);
+		goto fail;
+	}
+	static const struct ratelimit_cfg none;
+	if ((r = ratelimit_init(&n->rx_rl, rl ? rl : &none, err)) < 0 ||
+	    (r = ratelimit_init(&n->tx_rl, rl ? rl : &none, err)) < 0) {
+		cella_err_wrap(err, "%s", name);
+		goto fail;
 	}
 	return 0;
+fail:
+	virtio_net_destroy(n);
+	return r;
 }
 
 void virtio_net_attach(struct virtio_net *n, struct virtio_mmio *t)
@@ -621,27 +670,27 @@ void virtio_net_attach(struct virtio_net *n, struct virtio_mmio *t)
 	n->t = t;
 }
 
-int virtio_net_start(struct virtio_net *n, struct cella_err *err)
+int virtio_net_bind(struct virtio_net *n, struct iothread *io, struct cella_err *err)
 {
-	int r = pthread_create(&n->thread, NULL, net_thread, n);
-	if (r)
-		return cella_err_sys(err, r, "%s: thread", n->name);
-	n->started = true;
+	int r;
+	n->io = io;
+	/* registered with no events: update_watch turns EPOLLIN on while the guest has room */
+	if ((r = iothread_add(io, n->be.fd, 0, on_backend, n, err)) < 0)
+		return r;
+	n->bound = true;
+	if ((r = iothread_add(io, n->again, EPOLLIN, on_again, n, err)) < 0)
+		return r;
+	if (ratelimit_fd(&n->tx_rl) >= 0 &&
+	    (r = iothread_add(io, ratelimit_fd(&n->tx_rl), EPOLLIN, on_tx_timer, n, err)) < 0)
+		return r;
+	if (ratelimit_fd(&n->rx_rl) >= 0 &&
+	    (r = iothread_add(io, ratelimit_fd(&n->rx_rl), EPOLLIN, on_rx_timer, n, err)) < 0)
+		return r;
 	return 0;
-}
-
-void virtio_net_stop(struct virtio_net *n)
-{
-	if (!n->started)
-		return;
-	kick(n->stop_fd);
-	pthread_join(n->thread, NULL);
-	n->started = false;
 }
 
 void virtio_net_destroy(struct virtio_net *n)
 {
-	virtio_net_stop(n);
 	const struct virtio_net_stats *s = &n->stats;
 	if (n->rx_pkt) {
 		if (s->rx_dropped || s->tx_dropped)
@@ -657,10 +706,9 @@ void virtio_net_destroy(struct virtio_net *n)
 	free(n->rx_pkt);
 	free(n->tx_pkt);
 	n->rx_pkt = n->tx_pkt = NULL;
-	int *fds[] = { &n->rx_kick, &n->tx_kick, &n->stop_fd };
-	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
-		if (*fds[i] >= 0)
-			close(*fds[i]);
-		*fds[i] = -1;
-	}
+	if (n->again >= 0)
+		close(n->again);
+	n->again = -1;
+	ratelimit_destroy(&n->rx_rl);
+	ratelimit_destroy(&n->tx_rl);
 }

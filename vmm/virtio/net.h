@@ -10,10 +10,12 @@
  * guest memory once, then checked against the negotiated features (a bad one drops that packet,
  * counted, and the queue goes on); a malformed ring sets DEVICE_NEEDS_RESET.
  *
- * Threads: the driver's queue notifications only signal eventfds (rx_kick, tx_kick); all packet work
- * runs on the device's own thread (virtio_net_start), which waits on those, on the backend fd (only
- * while the guest has posted RX buffers: no busy loop) and on a stop eventfd. RX never drops a frame
- * for lack of buffers: it keeps it and waits for the guest to post more. */
+ * Threads: all packet work runs on an I/O thread (vmm/iothread.h) with the transport lock held: the
+ * queue notifications arrive there (ioeventfd, vdev.c), and virtio_net_bind has it watch the backend
+ * fd (EPOLLIN only while the guest has posted RX buffers: no busy loop), the rate limiters' timerfds
+ * and an eventfd for work handed over from elsewhere. RX never drops a frame for lack of buffers: it
+ * keeps it and waits for the guest to post more. Rate limits (bandwidth and packets, ratelimit.h)
+ * apply to each direction separately; a limited direction waits for its timer, nothing is dropped. */
 #pragma once
 #include <pthread.h>
 #include <stdbool.h>
@@ -21,9 +23,11 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "vmm/ratelimit.h"
 #include "vmm/virtio/mmio.h"
 
 struct cella_err;
+struct iothread;
 
 /* feature bits (virtio 1.x, 5.1.3) */
 #define VIRTIO_NET_F_CSUM 0
@@ -92,34 +96,39 @@ struct virtio_net {
 	struct virtio_net_backend be;
 	char name[32];         /* "virtio-net tap0": messages */
 	uint8_t mac[6];
-	int rx_kick, tx_kick, stop_fd; /* eventfds */
-	bool rx_wait;          /* no RX buffers (or device not live): wait for rx_kick, not the fd */
+	struct iothread *io;   /* set by virtio_net_bind; NULL in unit tests (work runs in the caller) */
+	bool bound;            /* be.fd is registered on io */
+	bool watching;         /* ... with EPOLLIN */
+	int again;             /* eventfd on io: more work (TX budget spent, DRIVER_OK) */
+	bool rx_wait;          /* no RX buffers (or device not live): wait for a notification, not the fd */
 	bool be_dead;          /* the backend fd reported an error: stop polling it */
 	bool tx_more;          /* the last TX round stopped at its budget */
+	bool rx_paid;          /* the pending frame's tokens are taken */
 	unsigned offload;      /* TAP_OFFLOAD_* in force */
 	uint32_t pending;      /* bytes of a packet read from the backend and not yet delivered */
 	uint8_t *rx_pkt, *tx_pkt; /* VIRTIO_NET_MAX_PACKET each */
+	struct ratelimit rx_rl, tx_rl;
 	struct vq_chain chain;
 	uint16_t heads[VQ_MAX_SIZE];
 	uint32_t lens[VQ_MAX_SIZE];
 	struct virtio_net_stats stats;
 	unsigned warned;       /* bit per kind of drop already logged */
-	pthread_t thread;
-	bool started;
 };
 
-/* mac: 6 bytes. The backend fd stays the caller's. */
+/* mac: 6 bytes; rl: per-direction limits (NULL = none). The backend fd stays the caller's. On failure
+ * everything is released (virtio_net_destroy is still safe to call). */
 int virtio_net_init(struct virtio_net *n, const char *name, const uint8_t mac[6], const struct virtio_net_backend *be,
-		    struct cella_err *err);
+		    const struct ratelimit_cfg *rl, struct cella_err *err);
 /* Binds the device to its transport (virtio_mmio_init with &virtio_net_ops and dev = n). */
 void virtio_net_attach(struct virtio_net *n, struct virtio_mmio *t);
-/* Starts / stops the device thread. Stop is idempotent. */
-int virtio_net_start(struct virtio_net *n, struct cella_err *err);
-void virtio_net_stop(struct virtio_net *n);
-/* Stops the thread, logs the counters, frees buffers and eventfds. */
+/* Has the I/O thread the transport's notifications go to also watch the backend, the limiters'
+ * timers and the device's own eventfd (before the thread starts or from any thread). */
+int virtio_net_bind(struct virtio_net *n, struct iothread *io, struct cella_err *err);
+/* Logs the counters, frees buffers, eventfd and limiters (the I/O thread is stopped by then). */
 void virtio_net_destroy(struct virtio_net *n);
 
-/* One round of work, as the thread does it; tests call these directly (transport lock not held). */
+/* One round of work as the I/O thread does it; unit tests and the fuzzer call these directly
+ * (transport lock not held). */
 void virtio_net_tx(struct virtio_net *n);
 void virtio_net_rx(struct virtio_net *n);
 /* Whether the device wants to hear about backend readability now. */
@@ -129,3 +138,9 @@ bool virtio_net_rx_wants_fd(const struct virtio_net *n);
 int virtio_net_parse_mac(const char *s, uint8_t mac[6], struct cella_err *err);
 /* A random locally administered unicast MAC. */
 void virtio_net_random_mac(uint8_t mac[6]);
+
+/* --- the device on a VM (netdev.c); vmm.c adds one per --net --- */
+struct vm;
+struct vmm_net;
+/* Opens (creates or attaches) the TAP and adds the device with its own I/O thread. */
+int net_add(struct vm *vm, const struct vmm_net *cfg, struct cella_err *err);
