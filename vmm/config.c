@@ -226,12 +226,14 @@ int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_er
 		} else {
 			*eq = 0;
 			uint64_t v;
-			if (parse_size(eq + 1, &v) < 0)
-				r = cella_err_set(err, EINVAL, "--net %s: %s: expected a number (suffix K, M, G), got \"%s\"",
-						  spec, tok, eq + 1);
-			else if (!net_ratelimit_set(&n.rl, tok, v))
+			if (!net_ratelimit_set(&n.rl, tok, 0)) /* the key first: "unknown option" beats "not a number" */
 				r = cella_err_set(err, EINVAL, "--net %s: unknown option \"%s\" (tap=, mac=, bw=, bw_refill_ms=, "
 						  "bw_burst=, pps= (or iops=), pps_refill_ms=, pps_burst=)", spec, tok);
+			else if (parse_size(eq + 1, &v) < 0)
+				r = cella_err_set(err, EINVAL, "--net %s: %s: expected a number (suffix K, M, G), got \"%s\"",
+						  spec, tok, eq + 1);
+			else
+				net_ratelimit_set(&n.rl, tok, v);
 		}
 	}
 	if (r == 0) {
