@@ -453,6 +453,20 @@ static int vm_boot(struct vmm *m, struct cella_err *err)
 
 /* --- API actions, on the VMM thread --- */
 
+static json_t *bucket_json(const struct ratelimit_bucket_cfg *b)
+{
+	if (!b->size)
+		return json_null();
+	return json_pack("{s:I, s:I, s:I}", "size", (json_int_t)b->size, "one_time_burst", (json_int_t)b->one_time_burst,
+			 "refill_time", (json_int_t)(b->refill_ms ? b->refill_ms : 1000));
+}
+
+/* Firecracker's rate_limiter shape */
+static json_t *limiter_json(const struct ratelimit_cfg *rl)
+{
+	return json_pack("{s:o, s:o}", "bandwidth", bucket_json(&rl->bw), "ops", bucket_json(&rl->ops));
+}
+
 static json_t *config_json(const struct vmm_config *cfg)
 {
 	json_t *boot = json_object(), *machine = json_object(), *j = json_object();
@@ -473,9 +487,10 @@ static json_t *config_json(const struct vmm_config *cfg)
 	json_object_set_new(j, "rng", json_boolean(cfg->rng));
 	json_t *drives = json_array();
 	for (unsigned i = 0; drives && i < cfg->ndisks; i++)
-		json_array_append_new(drives, json_pack("{s:s?, s:s, s:b, s:b}", "drive_id", cfg->disks[i].id,
+		json_array_append_new(drives, json_pack("{s:s?, s:s, s:b, s:b, s:o}", "drive_id", cfg->disks[i].id,
 							"path_on_host", cfg->disks[i].path, "is_root_device", i == 0,
-							"is_read_only", cfg->disks[i].ro));
+							"is_read_only", cfg->disks[i].ro, "rate_limiter",
+							limiter_json(&cfg->disks[i].rl)));
 	json_object_set_new(j, "drives", drives);
 	return j;
 }
@@ -600,6 +615,31 @@ static int put_drive(struct vmm_config *cfg, struct api_action *a, struct cella_
 	return 204;
 }
 
+/* PATCH /drives/{id}: new rate limits for a running disk; the config the VM was built from follows,
+ * so GET / and later snapshots see them. */
+static int patch_drive(struct vmm *m, struct api_action *a, struct cella_err *err)
+{
+	struct vmm_config *cfg = (struct vmm_config *)m->vm->cfg; /* m->cfg or m->saved: ours */
+	struct vmm_disk *d = find_disk(cfg, a->id);
+	if (!d)
+		return cella_err_set(err, ENOENT, "drives: no drive \"%s\"", a->id), 404;
+	unsigned index = (unsigned)(d - cfg->disks), seen = 0;
+	struct virtio_slot *slot = NULL;
+	for (unsigned i = 0; i < m->vm->nvirtio && !slot; i++)
+		if (m->vm->virtio[i]->t.ops->device_id == VIRTIO_ID_BLOCK && seen++ == index)
+			slot = m->vm->virtio[i];
+	if (!slot)
+		return cella_err_set(err, ENODEV, "drive \"%s\": its virtio-blk device is missing", a->id), 500;
+	struct ratelimit_cfg rl;
+	ratelimit_from_api(&rl, &a->drive.rl);
+	if (blk_set_ratelimit(slot, &rl, err) < 0)
+		return 400;
+	d->rl = rl;
+	log_info("drive %s: rate limits changed (bandwidth %" PRIu64 " bytes per %" PRIu64 " ms, %" PRIu64
+		 " operations per %" PRIu64 " ms)", a->id, rl.bw.size, rl.bw.refill_ms, rl.ops.size, rl.ops.refill_ms);
+	return 204;
+}
+
 /* PUT /snapshot/load: builds the VM from the snapshot (the machine is the snapshot's: the vCPU count
  * and memory size configured so far are not checked against it). Paused unless resume_vm. */
 static int load_snapshot(struct vmm *m, struct api_action *a, struct cella_err *err)
@@ -664,11 +704,7 @@ static int do_action(struct vmm *m, struct api_action *a, char **body, struct ce
 	case API_PUT_DRIVE:
 		return put_drive(cfg, a, err);
 	case API_PATCH_DRIVE:
-		if (!find_disk(m->vm->cfg, a->id))
-			return cella_err_set(err, ENOENT, "drives: no drive \"%s\"", a->id), 404;
-		return cella_err_set(err, ENOSYS, "PATCH /drives/%s: virtio-blk cannot change a running disk's rate "
-				     "limiter yet (its limiter belongs to the disk's I/O thread, which takes no updates)",
-				     a->id), 501;
+		return patch_drive(m, a, err);
 	case API_PUT_NET:
 	case API_PATCH_NET:
 		return cella_err_set(err, ENOSYS, "network-interfaces: this build has no virtio-net backend (--net) "

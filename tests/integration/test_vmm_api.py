@@ -471,6 +471,38 @@ def test_snapshot_create_and_load(vmm, guests, tmp_path):
     x.stop(expect=128 + signal.SIGTERM)
 
 
+def test_drives_and_runtime_rate_limits(vmm, guests, tmp_path):
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    data = tmp_path / "data.img"
+    data.write_bytes(b"\0" * 4096)
+    v = vmm()
+    v.fault("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(tmp_path / "nope")}, 400,
+            'drive "rootfs": disk ' + str(tmp_path / "nope"))
+    v.fault("PUT", "/drives/" + "x" * 21, {"drive_id": "x" * 21, "path_on_host": str(disk)}, 400, "at most 20 bytes")
+    v.ok("PUT", "/drives/data", {"drive_id": "data", "path_on_host": str(data), "is_read_only": True})
+    v.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk), "is_root_device": True,
+                                   "rate_limiter": {"bandwidth": {"size": 1 << 20, "refill_time": 1000}}})
+    drives = v.ok("GET", "/")["config"]["drives"]
+    assert [d["drive_id"] for d in drives] == ["rootfs", "data"], drives  # the root device is vda
+    assert drives[0]["rate_limiter"]["bandwidth"]["size"] == 1 << 20 and drives[1]["is_read_only"]
+    configure(v, guests["count.bin"])
+    v.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    v.wait_lines(2)
+    # drives are configuration: fixed once the VM runs
+    v.fault("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk)}, 409)
+    v.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {
+        "bandwidth": {"size": 4 << 20, "one_time_burst": 1 << 20, "refill_time": 500},
+        "ops": {"size": 100, "refill_time": 1000}}})
+    rl = v.ok("GET", "/")["config"]["drives"][0]["rate_limiter"]
+    assert rl == {"bandwidth": {"size": 4 << 20, "one_time_burst": 1 << 20, "refill_time": 500},
+                  "ops": {"size": 100, "one_time_burst": 0, "refill_time": 1000}}, rl
+    v.ok("PATCH", "/drives/data", {"drive_id": "data", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}})
+    v.fault("PATCH", "/drives/data", {"drive_id": "rootfs", "rate_limiter": {}}, 400, "does not match")
+    v.wait_lines(len(v.lines()) + 2)
+    v.stop(expect=128 + signal.SIGTERM)
+
+
 def test_curl_drives_the_api(vmm, guests):
     curl = "/usr/bin/curl"
     if not os.path.exists(curl):

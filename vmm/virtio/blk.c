@@ -225,3 +225,32 @@ fail:
 	blk_free(b);
 	return r;
 }
+
+int blk_set_ratelimit(struct virtio_slot *slot, const struct ratelimit_cfg *cfg, struct cella_err *err)
+{
+	struct blk *b = slot->dev;
+	/* The new limiter (and its timerfd) exists before the old one goes, so the fd numbers differ. */
+	struct ratelimit nrl = { .timer_fd = -1 };
+	int r = ratelimit_init(&nrl, cfg, err);
+	if (r < 0) {
+		ratelimit_destroy(&nrl);
+		return cella_err_wrap(err, "disk %s", b->path);
+	}
+	iothread_lock(slot->io); /* no callback of the disk's I/O thread runs meanwhile */
+	if (ratelimit_fd(&b->rl) >= 0)
+		iothread_del(slot->io, ratelimit_fd(&b->rl));
+	ratelimit_destroy(&b->rl);
+	b->rl = nrl;
+	if (ratelimit_fd(&b->rl) >= 0 &&
+	    (r = iothread_add(slot->io, ratelimit_fd(&b->rl), EPOLLIN, on_ratelimit, b, err)) < 0) {
+		/* without its timer a limiter that blocks would never wake: run unlimited instead */
+		ratelimit_destroy(&b->rl);
+		b->rl = (struct ratelimit){ .timer_fd = -1 };
+	}
+	/* requests the old limiter held back go now, under the new limits */
+	virtio_mmio_lock(&slot->t);
+	blk_serve(b, &slot->t);
+	virtio_mmio_unlock(&slot->t);
+	iothread_unlock(slot->io);
+	return r;
+}

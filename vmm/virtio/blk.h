@@ -91,3 +91,8 @@ int blk_check(const struct vmm_disk *disk, struct cella_err *err);
 /* Opens the disk file (read-only for ro; flock so two VMs cannot write one file) and adds the
  * device with its own I/O thread. */
 int blk_add(struct vm *vm, const struct vmm_disk *disk, struct cella_err *err);
+/* Replaces a running disk's rate limits (the API's PATCH /drives/{id}), from the VMM thread: the
+ * disk's I/O thread is held off while the limiter and its timerfd are swapped, then the requests the
+ * old limits held back are served under the new ones. slot is one blk_add made. */
+struct virtio_slot;
+int blk_set_ratelimit(struct virtio_slot *slot, const struct ratelimit_cfg *cfg, struct cella_err *err);
