@@ -140,7 +140,7 @@ int vm_virtio_add(struct vm *vm, const struct virtio_dev_ops *ops, void *dev, vo
 	/* a name per instance: "virtio-blk" twice would be ambiguous in messages */
 	unsigned same = 0;
 	for (unsigned i = 0; i < vm->nvirtio; i++)
-		same += vm->virtio[i]->t.ops == ops;
+		same += !strcmp(vm->virtio[i]->t.ops->name, ops->name); /* ro and rw disks have different ops */
 	snprintf(s->name, sizeof(s->name), "%s%u", ops->name, same);
 	int r = slot_setup(vm, s, ops, flags, err);
 	if (r < 0) {

@@ -539,6 +539,14 @@ static char *metrics_json(struct vmm *m)
 		json_object_set_new(dev, "mmio_bus", json_pack("{s:o, s:o}", "unhandled_reads",
 								counter(&vm->mmio.unhandled_reads), "unhandled_writes",
 								counter(&vm->mmio.unhandled_writes)));
+		for (unsigned i = 0; i < vm->nvirtio; i++) {
+			struct virtio_mmio *t = &vm->virtio[i]->t;
+			json_object_set_new(dev, vm->virtio[i]->name,
+					    json_pack("{s:I, s:b, s:b, s:o, s:o}", "device_id", (json_int_t)t->ops->device_id,
+						      "driver_ok", (t->status & VIRTIO_STATUS_DRIVER_OK) != 0, "needs_reset",
+						      (t->status & VIRTIO_STATUS_NEEDS_RESET) != 0, "interrupts",
+						      counter(&t->interrupts), "used_batches", counter(&t->used_batches)));
+		}
 		uint64_t bt = boot_timer_elapsed_ns(vm->boot_timer);
 		json_object_set_new(dev, "boot_timer", json_pack("{s:o}", "boot_ms", bt ? json_real(bt / 1e6) : json_null()));
 	}

@@ -29,6 +29,8 @@ static void update_irq(struct virtio_mmio *t)
 	if (level == t->irq_level)
 		return;
 	t->irq_level = level;
+	if (level)
+		atomic_fetch_add_explicit(&t->interrupts, 1, memory_order_relaxed);
 	if (t->irq_fd >= 0) {
 		uint64_t one = 1;
 		if (level && write(t->irq_fd, &one, sizeof(one)) < 0)
@@ -114,6 +116,8 @@ struct vq *virtio_mmio_queue(struct virtio_mmio *t, unsigned q)
 void virtio_mmio_used(struct virtio_mmio *t, unsigned q)
 {
 	struct vq *vq = virtio_mmio_queue(t, q);
+	if (vq)
+		atomic_fetch_add_explicit(&t->used_batches, 1, memory_order_relaxed);
 	if (vq && vq_should_notify(vq)) {
 		t->isr |= VIRTIO_INT_USED;
 		update_irq(t);

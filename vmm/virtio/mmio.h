@@ -20,6 +20,7 @@
  *   the line (high while InterruptStatus is non-zero), e.g. KVM_IRQ_LINE. */
 #pragma once
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -137,6 +138,9 @@ struct virtio_mmio {
 	uint64_t drv_features;
 	bool irq_level;
 	bool logged_bad; /* a malformed ring was logged since the last reset */
+	/* for GET /metrics: interrupts raised (line asserted / irqfd signalled), used-ring batches the
+	 * device completed; relaxed atomics, read without the lock */
+	atomic_uint_fast64_t interrupts, used_batches;
 	uint32_t epoch;   /* bumped on reset and queue disable: a device that worked without the lock
 			   * pushes nothing when it changed meanwhile */
 	int irq_fd;       /* see above; -1 = host->set_irq */
