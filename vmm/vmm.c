@@ -304,6 +304,7 @@ struct vmm {
 	int quit_signal;         /* a stop signal before the VM existed */
 	uint64_t start_ns;
 	uint64_t console_rx;     /* bytes handed to the guest's serial port */
+	char net_ids[VMM_MAX_NETS][API_ID_MAX]; /* iface_id per cfg->nets[i]; "" = "eth<i>" */
 };
 
 /* Frees a VM whose vCPU threads are not running (never started, or joined). */
@@ -453,6 +454,15 @@ static int vm_boot(struct vmm *m, struct cella_err *err)
 
 /* --- API actions, on the VMM thread --- */
 
+/* The iface_id of cfg->nets[i]: the API's, or "eth<i>" for one from --net / the JSON config. */
+static const char *net_id(const struct vmm *m, unsigned i, char buf[API_ID_MAX])
+{
+	if (m->net_ids[i][0])
+		return m->net_ids[i];
+	snprintf(buf, API_ID_MAX, "eth%u", i);
+	return buf;
+}
+
 static json_t *bucket_json(const struct ratelimit_bucket_cfg *b)
 {
 	if (!b->size)
@@ -467,7 +477,7 @@ static json_t *limiter_json(const struct ratelimit_cfg *rl)
 	return json_pack("{s:o, s:o}", "bandwidth", bucket_json(&rl->bw), "ops", bucket_json(&rl->ops));
 }
 
-static json_t *config_json(const struct vmm_config *cfg)
+static json_t *config_json(const struct vmm *m, const struct vmm_config *cfg)
 {
 	json_t *boot = json_object(), *machine = json_object(), *j = json_object();
 	if (!boot || !machine || !j) {
@@ -492,6 +502,17 @@ static json_t *config_json(const struct vmm_config *cfg)
 							"is_read_only", cfg->disks[i].ro, "rate_limiter",
 							limiter_json(&cfg->disks[i].rl)));
 	json_object_set_new(j, "drives", drives);
+	json_t *nets = json_array();
+	for (unsigned i = 0; nets && i < cfg->nnets; i++) {
+		char buf[API_ID_MAX], mac[18];
+		const uint8_t *b = cfg->nets[i].mac;
+		snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3], b[4], b[5]);
+		json_array_append_new(nets, json_pack("{s:s, s:s, s:s, s:o, s:o}", "iface_id", net_id(m, i, buf),
+						      "host_dev_name", cfg->nets[i].tap, "guest_mac", mac,
+						      "rx_rate_limiter", limiter_json(&cfg->nets[i].rl), "tx_rate_limiter",
+						      limiter_json(&cfg->nets[i].rl)));
+	}
+	json_object_set_new(j, "network-interfaces", nets);
 	return j;
 }
 
@@ -500,7 +521,7 @@ static char *info_json(const struct vmm *m)
 	_cleanup_json_ json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:o?}", "id",
 					     m->cfg->id ? m->cfg->id : VMM_DEFAULT_ID, "state", api_state_name(m->state),
 					     "vmm_version", VMM_VERSION, "app_name", "cella-vmm", "config",
-					     config_json(m->vm ? m->vm->cfg : m->cfg));
+					     config_json(m, m->vm ? m->vm->cfg : m->cfg));
 	return j ? cj_dump(j, JSON_COMPACT) : NULL;
 }
 
@@ -541,11 +562,21 @@ static char *metrics_json(struct vmm *m)
 								counter(&vm->mmio.unhandled_writes)));
 		for (unsigned i = 0; i < vm->nvirtio; i++) {
 			struct virtio_mmio *t = &vm->virtio[i]->t;
-			json_object_set_new(dev, vm->virtio[i]->name,
-					    json_pack("{s:I, s:b, s:b, s:o, s:o}", "device_id", (json_int_t)t->ops->device_id,
-						      "driver_ok", (t->status & VIRTIO_STATUS_DRIVER_OK) != 0, "needs_reset",
-						      (t->status & VIRTIO_STATUS_NEEDS_RESET) != 0, "interrupts",
-						      counter(&t->interrupts), "used_batches", counter(&t->used_batches)));
+			json_t *d = json_pack("{s:I, s:b, s:b, s:o, s:o}", "device_id", (json_int_t)t->ops->device_id,
+					      "driver_ok", (t->status & VIRTIO_STATUS_DRIVER_OK) != 0, "needs_reset",
+					      (t->status & VIRTIO_STATUS_NEEDS_RESET) != 0, "interrupts",
+					      counter(&t->interrupts), "used_batches", counter(&t->used_batches));
+			if (d && t->ops->device_id == VIRTIO_ID_NET) {
+				struct virtio_net_stats st;
+				virtio_net_get_stats(vm->virtio[i]->dev, &st);
+				json_object_set_new(d, "rx_packets", json_integer((json_int_t)st.rx_packets));
+				json_object_set_new(d, "rx_bytes", json_integer((json_int_t)st.rx_bytes));
+				json_object_set_new(d, "rx_dropped", json_integer((json_int_t)st.rx_dropped));
+				json_object_set_new(d, "tx_packets", json_integer((json_int_t)st.tx_packets));
+				json_object_set_new(d, "tx_bytes", json_integer((json_int_t)st.tx_bytes));
+				json_object_set_new(d, "tx_dropped", json_integer((json_int_t)st.tx_dropped));
+			}
+			json_object_set_new(dev, vm->virtio[i]->name, d);
 		}
 		uint64_t bt = boot_timer_elapsed_ns(vm->boot_timer);
 		json_object_set_new(dev, "boot_timer", json_pack("{s:o}", "boot_ms", bt ? json_real(bt / 1e6) : json_null()));
@@ -620,6 +651,108 @@ static int put_drive(struct vmm_config *cfg, struct api_action *a, struct cella_
 		memmove(&cfg->disks[1], &cfg->disks[0], (size_t)(slot - cfg->disks) * sizeof(*slot));
 		cfg->disks[0] = root;
 	}
+	return 204;
+}
+
+static int find_net(const struct vmm *m, const struct vmm_config *cfg, const char *id)
+{
+	char buf[API_ID_MAX];
+	for (unsigned i = 0; i < cfg->nnets; i++)
+		if (!strcmp(net_id(m, i, buf), id))
+			return (int)i;
+	return -1;
+}
+
+static bool same_bucket(const struct api_bucket *a, const struct api_bucket *b)
+{
+	return a->set == b->set && a->size == b->size && a->one_time_burst == b->one_time_burst &&
+	       a->refill_time_ms == b->refill_time_ms;
+}
+
+/* cella-vmm limits a network device's two directions with one setting (struct vmm_net): the API's rx
+ * and tx limiters must say the same thing. */
+static int net_limiter(const struct api_action *a, struct ratelimit_cfg *rl, struct cella_err *err)
+{
+	const struct api_rate_limiter *rx = &a->net.rx, *tx = &a->net.tx;
+	*rl = (struct ratelimit_cfg){ 0 };
+	if (!rx->set && !tx->set)
+		return 0;
+	if (rx->set != tx->set || !same_bucket(&rx->bandwidth, &tx->bandwidth) || !same_bucket(&rx->ops, &tx->ops))
+		return cella_err_set(err, EINVAL, "network-interface \"%s\": rx_rate_limiter and tx_rate_limiter must be "
+				     "given together and be equal (each direction gets its own buckets of that one setting)",
+				     a->id);
+	ratelimit_from_api(rl, rx);
+	struct ratelimit probe;
+	int r = ratelimit_init(&probe, rl, err);
+	ratelimit_destroy(&probe);
+	return r < 0 ? cella_err_wrap(err, "network-interface \"%s\"", a->id) : 0;
+}
+
+/* PUT /network-interfaces/{id}: adds the interface (or replaces the one with that id). The TAP is
+ * opened (created or attached) at InstanceStart. */
+static int put_net(struct vmm *m, struct api_action *a, struct cella_err *err)
+{
+	struct vmm_config *cfg = m->cfg;
+	const char *tap = a->net.host_dev;
+	if (strlen(tap) >= 16 || strpbrk(tap, "/: \t\n") || !strcmp(tap, ".") || !strcmp(tap, ".."))
+		return cella_err_set(err, EINVAL, "network-interface \"%s\": host_dev_name \"%s\" is not a valid interface "
+				     "name (1..15 bytes, no '/', ':' or spaces)", a->id, tap), 400;
+	struct vmm_net n = { 0 };
+	if (a->net.guest_mac && virtio_net_parse_mac(a->net.guest_mac, n.mac, err) < 0)
+		return cella_err_wrap(err, "network-interface \"%s\": guest_mac", a->id), 400;
+	if (!a->net.guest_mac)
+		virtio_net_random_mac(n.mac);
+	if (net_limiter(a, &n.rl, err) < 0)
+		return 400;
+	int i = find_net(m, cfg, a->id);
+	char buf[API_ID_MAX];
+	for (unsigned k = 0; k < cfg->nnets; k++)
+		if ((int)k != i && !strcmp(cfg->nets[k].tap, tap))
+			return cella_err_set(err, EBUSY, "network-interface \"%s\": TAP %s is already \"%s\"'s", a->id, tap,
+					     net_id(m, k, buf)), 400;
+	if (i < 0) {
+		if (cfg->nnets == VMM_MAX_NETS)
+			return cella_err_set(err, ENOSPC, "network-interface \"%s\": at most %d interfaces", a->id,
+					     VMM_MAX_NETS), 400;
+		i = (int)cfg->nnets++;
+		cfg->nets[i] = (struct vmm_net){ 0 };
+	}
+	free(cfg->nets[i].tap);
+	n.tap = TAKE_PTR(a->net.host_dev);
+	cfg->nets[i] = n;
+	snprintf(m->net_ids[i], API_ID_MAX, "%s", a->id);
+	return 204;
+}
+
+/* The virtio slot of the index-th device of a kind (disks and interfaces are added in config order). */
+static struct virtio_slot *nth_slot(struct vm *vm, uint32_t device_id, unsigned index)
+{
+	unsigned seen = 0;
+	for (unsigned i = 0; i < vm->nvirtio; i++)
+		if (vm->virtio[i]->t.ops->device_id == device_id && seen++ == index)
+			return vm->virtio[i];
+	return NULL;
+}
+
+/* PATCH /network-interfaces/{id}: new rate limits for a running interface. */
+static int patch_net(struct vmm *m, struct api_action *a, struct cella_err *err)
+{
+	struct vmm_config *cfg = (struct vmm_config *)m->vm->cfg; /* m->cfg or m->saved: ours */
+	int i = find_net(m, cfg, a->id);
+	if (i < 0)
+		return cella_err_set(err, ENOENT, "network-interfaces: no interface \"%s\"", a->id), 404;
+	struct ratelimit_cfg rl;
+	if (net_limiter(a, &rl, err) < 0)
+		return 400;
+	struct virtio_slot *slot = nth_slot(m->vm, VIRTIO_ID_NET, (unsigned)i);
+	if (!slot)
+		return cella_err_set(err, ENODEV, "network-interface \"%s\": its virtio-net device is missing", a->id), 500;
+	if (virtio_net_set_ratelimit(slot->dev, &rl, err) < 0)
+		return 400;
+	cfg->nets[i].rl = rl;
+	log_info("network-interface %s: rate limits changed (bandwidth %" PRIu64 " bytes per %" PRIu64 " ms, %" PRIu64
+		 " packets per %" PRIu64 " ms, each direction)", a->id, rl.bw.size, rl.bw.refill_ms, rl.ops.size,
+		 rl.ops.refill_ms);
 	return 204;
 }
 
@@ -714,9 +847,9 @@ static int do_action(struct vmm *m, struct api_action *a, char **body, struct ce
 	case API_PATCH_DRIVE:
 		return patch_drive(m, a, err);
 	case API_PUT_NET:
+		return put_net(m, a, err);
 	case API_PATCH_NET:
-		return cella_err_set(err, ENOSYS, "network-interfaces: this build has no virtio-net backend (--net) "
-				     "to attach \"%s\" to", a->id), 501;
+		return patch_net(m, a, err);
 	case API_PUT_VSOCK:
 		return cella_err_set(err, ENOSYS, "vsock: this build has no virtio-vsock backend (--vsock)"), 501;
 	case API_INSTANCE_START:

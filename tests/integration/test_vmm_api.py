@@ -41,11 +41,11 @@ class UnixHTTP(http.client.HTTPConnection):
 class Vmm:
     """One cella-vmm process with an API socket; console to a file."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, prefix=()):
         self.sock = str(tmp_path / "api.sock")
         self.console = tmp_path / "console.out"
         self.log = open(tmp_path / "vmm.log", "w+")
-        self.proc = subprocess.Popen([VMM, "--api-sock", self.sock, "--console", str(self.console), *args],
+        self.proc = subprocess.Popen([*prefix, VMM, "--api-sock", self.sock, "--console", str(self.console), *args],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.sock):
@@ -122,8 +122,8 @@ def guests(tmp_path):
 def vmm(tmp_path, guests):
     vms = []
 
-    def start(*args):
-        v = Vmm(tmp_path / f"vm{len(vms)}" if vms else tmp_path, *args)
+    def start(*args, prefix=()):
+        v = Vmm(tmp_path / f"vm{len(vms)}" if vms else tmp_path, *args, prefix=prefix)
         vms.append(v)
         return v
 
@@ -208,8 +208,9 @@ def test_state_machine_refusals(vmm, guests, tmp_path):
             "kernel_image_path: " + str(tmp_path / "nope") + ": No such file")
     v.fault("PUT", "/machine-config", {"vcpu_count": 33, "mem_size_mib": 2}, 400, "vcpu_count: 33 is out of range")
     v.fault("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 0}, 400, "mem_size_mib")
+    v.fault("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "a/b"}, 400,
+            "not a valid interface name")
     # backends that are not in this build: 501 naming what is missing
-    v.fault("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}, 501, "virtio-net")
     v.fault("PUT", "/vsock", {"guest_cid": 3, "uds_path": str(tmp_path / "v.sock")}, 501, "virtio-vsock")
     # a kernel the loader refuses: 400 and still not started
     bad = tmp_path / "empty.bin"
@@ -229,7 +230,8 @@ def test_state_machine_refusals(vmm, guests, tmp_path):
     v.fault("PATCH", "/drives/nope", {"drive_id": "nope", "rate_limiter": {"ops": {"size": 1, "refill_time": 1}}},
             404, 'no drive "nope"')
     v.fault("PATCH", "/network-interfaces/eth0",
-            {"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}, 501, "virtio-net")
+            {"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 1}}}, 404,
+            'no interface "eth0"')
     v.ok("PATCH", "/vm", {"state": "Paused"})
     v.fault("PUT", "/actions", {"action_type": "SendCtrlAltDel"}, 409, "while the VM is Paused")
     v.ok("PATCH", "/vm", {"state": "Resumed"})
@@ -507,6 +509,46 @@ def test_drives_and_runtime_rate_limits(vmm, guests, tmp_path):
     assert all(not dev[k]["driver_ok"] and dev[k]["interrupts"] == 0 for k in blks), dev
     v.fault("PATCH", "/drives/data", {"drive_id": "rootfs", "rate_limiter": {}}, 400, "does not match")
     v.wait_lines(len(v.lines()) + 2)
+    v.stop(expect=128 + signal.SIGTERM)
+
+
+def test_network_interfaces_and_runtime_rate_limits(vmm, guests):
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs root and /dev/net/tun")
+    # a private network namespace: the TAP the VMM creates is nobody else's business
+    v = vmm(prefix=("unshare", "--net", "--"))
+    lim = {"bandwidth": {"size": 1 << 20, "refill_time": 100}}
+    v.fault("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tapapi0",
+                                                "guest_mac": "01:00:5e:00:00:01"}, 400, "guest_mac")
+    v.fault("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tapapi0",
+                                                "rx_rate_limiter": lim}, 400, "given together and be equal")
+    v.ok("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tapapi0",
+                                             "guest_mac": "06:00:ac:10:00:02",
+                                             "rx_rate_limiter": lim, "tx_rate_limiter": lim})
+    v.fault("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": "tapapi0"}, 400,
+            'already "eth0"')
+    v.ok("PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": "tapapi1"})
+    nets = v.ok("GET", "/")["config"]["network-interfaces"]
+    assert [(n["iface_id"], n["host_dev_name"]) for n in nets] == [("eth0", "tapapi0"), ("eth1", "tapapi1")]
+    assert nets[0]["guest_mac"] == "06:00:ac:10:00:02" and nets[0]["rx_rate_limiter"]["bandwidth"]["size"] == 1 << 20
+    configure(v, guests["count.bin"])
+    v.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    v.wait_lines(2)
+    links = subprocess.run(["nsenter", "-t", str(v.proc.pid), "-n", "ip", "-o", "link"], capture_output=True,
+                           text=True).stdout
+    assert "tapapi0" in links and "tapapi1" in links, links
+    new = {"bandwidth": {"size": 4096, "one_time_burst": 0, "refill_time": 10}, "ops": None}
+    v.ok("PATCH", "/network-interfaces/eth1", {"iface_id": "eth1",
+                                               "rx_rate_limiter": {"bandwidth": new["bandwidth"]},
+                                               "tx_rate_limiter": {"bandwidth": new["bandwidth"]}})
+    nets = v.ok("GET", "/")["config"]["network-interfaces"]
+    assert nets[1]["rx_rate_limiter"] == new and nets[1]["tx_rate_limiter"] == new, nets
+    v.fault("PATCH", "/network-interfaces/eth1", {"iface_id": "eth1", "tx_rate_limiter": new}, 400)
+    v.fault("PATCH", "/network-interfaces/eth9", {"iface_id": "eth9", "tx_rate_limiter": {"ops": {"size": 1,
+            "refill_time": 1}}}, 404)
+    dev = v.ok("GET", "/metrics")["devices"]
+    nics = [d for d in dev.values() if isinstance(d, dict) and d.get("device_id") == 1]
+    assert len(nics) == 2 and all(n["tx_packets"] == 0 and n["rx_dropped"] >= 0 for n in nics), dev
     v.stop(expect=128 + signal.SIGTERM)
 
 

@@ -689,6 +689,59 @@ int virtio_net_bind(struct virtio_net *n, struct iothread *io, struct cella_err 
 	return 0;
 }
 
+/* One direction: the new limiter's timer replaces the old one on the I/O thread (lock held). */
+static int swap_limiter(struct virtio_net *n, struct ratelimit *cur, struct ratelimit *next, iothread_fn fn,
+			struct cella_err *err)
+{
+	if (ratelimit_fd(cur) >= 0)
+		iothread_del(n->io, ratelimit_fd(cur));
+	ratelimit_destroy(cur);
+	*cur = *next;
+	*next = (struct ratelimit){ .timer_fd = -1 };
+	int r = 0;
+	if (ratelimit_fd(cur) >= 0 && (r = iothread_add(n->io, ratelimit_fd(cur), EPOLLIN, fn, n, err)) < 0) {
+		/* without its timer a limiter that blocks would never wake: run unlimited instead */
+		ratelimit_destroy(cur);
+		*cur = (struct ratelimit){ .timer_fd = -1 };
+	}
+	return r;
+}
+
+int virtio_net_set_ratelimit(struct virtio_net *n, const struct ratelimit_cfg *rl, struct cella_err *err)
+{
+	if (!n->io)
+		return cella_err_set(err, EINVAL, "%s: not bound to an I/O thread", n->name);
+	/* the new limiters (and timerfds) exist before the old ones go, so the fd numbers differ */
+	struct ratelimit rx = { .timer_fd = -1 }, tx = { .timer_fd = -1 };
+	int r = ratelimit_init(&rx, rl, err);
+	if (r == 0)
+		r = ratelimit_init(&tx, rl, err);
+	if (r < 0) {
+		ratelimit_destroy(&rx);
+		ratelimit_destroy(&tx);
+		return cella_err_wrap(err, "%s", n->name);
+	}
+	iothread_lock(n->io);
+	r = swap_limiter(n, &n->rx_rl, &rx, on_rx_timer, err);
+	if (r == 0)
+		r = swap_limiter(n, &n->tx_rl, &tx, on_tx_timer, err);
+	ratelimit_destroy(&tx);
+	iothread_unlock(n->io);
+	/* both directions' work on the I/O thread, under the new limits */
+	if (eventfd_write(n->again, 1) < 0)
+		log_debug("%s: again: %s", n->name, strerror(errno));
+	return r;
+}
+
+void virtio_net_get_stats(struct virtio_net *n, struct virtio_net_stats *out)
+{
+	if (n->io)
+		iothread_lock(n->io);
+	*out = n->stats;
+	if (n->io)
+		iothread_unlock(n->io);
+}
+
 void virtio_net_destroy(struct virtio_net *n)
 {
 	const struct virtio_net_stats *s = &n->stats;

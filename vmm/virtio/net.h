@@ -124,6 +124,12 @@ void virtio_net_attach(struct virtio_net *n, struct virtio_mmio *t);
 /* Has the I/O thread the transport's notifications go to also watch the backend, the limiters'
  * timers and the device's own eventfd (before the thread starts or from any thread). */
 int virtio_net_bind(struct virtio_net *n, struct iothread *io, struct cella_err *err);
+/* Replaces both directions' rate limits of a bound device (the API's PATCH /network-interfaces), from
+ * a thread other than its I/O thread: that thread is held off while the limiters and their timerfds
+ * are swapped, then woken to resume what the old limits held back. */
+int virtio_net_set_ratelimit(struct virtio_net *n, const struct ratelimit_cfg *rl, struct cella_err *err);
+/* A copy of the counters, taken with the I/O thread held off (GET /metrics). */
+void virtio_net_get_stats(struct virtio_net *n, struct virtio_net_stats *out);
 /* Logs the counters, frees buffers, eventfd and limiters (the I/O thread is stopped by then). */
 void virtio_net_destroy(struct virtio_net *n);
 
