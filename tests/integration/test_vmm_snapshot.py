@@ -1,0 +1,235 @@
+"""cella-vmm snapshot and restore on the host's KVM with the tiny counting guest (vmm_guests.COUNT).
+
+The guest keeps a counter in memory, prints it on COM1 and spins; SIGUSR2 makes a VMM started
+with --snapshot-dir pause it, write DIR/state + DIR/memory and resume. `cella-vmm --restore DIR`
+runs the saved VM in a fresh process. A clone's first line may be the tail of a number the
+original was printing when paused; from its second line on it counts on by one.
+"""
+import os
+import re
+import signal
+import struct
+import subprocess
+import time
+import zlib
+
+import pytest
+
+from conftest import BUILD, run
+from vmm_guests import COUNT
+
+VMM = str(BUILD / "cella-vmm")
+HEADER = 32  # magic 8, version 4, header bytes 4, body bytes 8, body crc 4, header crc 4
+
+
+def kvm_usable():
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+        return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not kvm_usable(), reason="no usable /dev/kvm on this host")
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def numbers(path):
+    with open(path) as f:
+        return f.read().split("\n")
+
+
+class Vmm:
+    """A cella-vmm in the background, stdout and stderr in files."""
+
+    def __init__(self, tmp_path, name, args):
+        self.out = tmp_path / f"{name}.out"
+        self.err = tmp_path / f"{name}.err"
+        with open(self.out, "w") as o, open(self.err, "w") as e:
+            self.p = subprocess.Popen([VMM, *args], stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+
+    def lines(self):
+        return self.out.read_text().split("\n")
+
+    def log(self):
+        return self.err.read_text()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        rc = self.p.wait(timeout=20)
+        assert "ERROR" not in self.log().upper().replace("ERROR_", ""), self.log()
+        return rc
+
+
+def snapshot(tmp_path, name="snap", extra=()):
+    """Runs the counting guest, snapshots it after 20 lines, lets it run on, stops it.
+    Returns (snapshot dir, count printed before the snapshot, the original's lines)."""
+    d = tmp_path / name
+    guest = tmp_path / "count.bin"
+    guest.write_bytes(COUNT)
+    v = Vmm(tmp_path, name + "-orig", ["--kernel", str(guest), "--memory", "1", "--snapshot-dir", str(d), *extra])
+    try:
+        wait_for(lambda: len(v.lines()) > 20, what="20 lines from the counting guest")
+        before = len(v.lines()) - 1
+        v.p.send_signal(signal.SIGUSR2)
+        wait_for(lambda: "snapshot written to" in v.log(), what="snapshot written")
+        n = len(v.lines())
+        wait_for(lambda: len(v.lines()) > n + 8, what="the original to keep counting")
+    finally:
+        assert v.stop() == 128 + signal.SIGTERM
+    assert os.path.getsize(d / "memory") == 1 << 20
+    return d, before, v.lines()
+
+
+def restore(tmp_path, name, d, extra=(), lines=30):
+    v = Vmm(tmp_path, name, ["--restore", str(d), *extra])
+    try:
+        wait_for(lambda: len(v.lines()) > lines or v.p.poll() is not None, what=f"{lines} lines from {name}")
+    finally:
+        rc = v.stop()
+    assert rc == 128 + signal.SIGTERM, (rc, v.log())
+    assert "VM restored from" in v.log(), v.log()
+    return v.lines()
+
+
+def check_continues(clone, before, original):
+    """clone[1:] counts on by one from a number past what was printed before the snapshot."""
+    first = int(clone[1])
+    assert first > before, (first, before)
+    full = [int(x) for x in clone[1:-1]]
+    assert full == list(range(first, first + len(full))), clone[:40]
+    # the first line is the rest of the number the guest was printing when paused
+    assert str(first - 1).endswith(clone[0]), clone[:3]
+    # the original went through the same numbers
+    assert str(first) in original and str(first + 3) in original
+    return first
+
+
+def test_count_continues_after_restore_and_two_clones_are_identical(tmp_path):
+    d, before, original = snapshot(tmp_path)
+    a = restore(tmp_path, "clone-a", d)
+    b = restore(tmp_path, "clone-b", d)
+    fa = check_continues(a, before, original)
+    fb = check_continues(b, before, original)
+    assert fa == fb and a[:25] == b[:25], (a[:5], b[:5])
+    # the snapshot files were only read
+    assert os.path.getsize(d / "memory") == 1 << 20
+
+
+def test_restored_vm_snapshots_again(tmp_path):
+    """A clone (RAM mapped from the first memory file) snapshots into a second directory."""
+    d, before, original = snapshot(tmp_path)
+    d2 = tmp_path / "snap2"
+    v = Vmm(tmp_path, "clone", ["--restore", str(d), "--snapshot-dir", str(d2)])
+    try:
+        wait_for(lambda: len(v.lines()) > 10, what="clone output")
+        v.p.send_signal(signal.SIGUSR2)
+        wait_for(lambda: "snapshot written to" in v.log(), what="second snapshot")
+        mid = len(v.lines()) - 1
+    finally:
+        v.stop()
+    second = restore(tmp_path, "clone2", d2)
+    first = int(second[1])
+    first_clone = int(v.lines()[1])
+    assert first > first_clone + mid - 3, (first, first_clone, mid)
+    full = [int(x) for x in second[1:-1]]
+    assert full == list(range(first, first + len(full)))
+
+
+def test_snapshot_with_two_vcpus(tmp_path):
+    """The AP never started (KVM_MP_STATE_UNINITIALIZED): saved and restored as such."""
+    d, before, original = snapshot(tmp_path, extra=("--cpus", "2"))
+    c = restore(tmp_path, "clone", d)
+    check_continues(c, before, original)
+
+
+def vmm_refuses(d, *extra, match):
+    p = run([VMM, "--restore", str(d), *extra])
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert p.stdout == "", "no VM may run"
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cella-vmm: "), p.stderr
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good_snapshot(tmp_path_factory):
+    d, _, _ = snapshot(tmp_path_factory.mktemp("good"))
+    return d
+
+
+def copy_snapshot(src, dst, state=None, memory=None):
+    dst.mkdir()
+    (dst / "state").write_bytes(state if state is not None else (src / "state").read_bytes())
+    (dst / "memory").write_bytes(memory if memory is not None else (src / "memory").read_bytes())
+    return dst
+
+
+def test_corrupted_state_is_refused(good_snapshot, tmp_path):
+    s = bytearray((good_snapshot / "state").read_bytes())
+    s[len(s) // 2] ^= 0x40
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", state=bytes(s))
+    vmm_refuses(d, match=r"state file .*: CRC mismatch \(corrupted\)")
+
+
+def test_corrupted_header_is_refused(good_snapshot, tmp_path):
+    s = bytearray((good_snapshot / "state").read_bytes())
+    s[16] ^= 1  # body length
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", state=bytes(s))
+    vmm_refuses(d, match=r"header CRC mismatch \(corrupted\)")
+
+
+def test_truncated_state_is_refused(good_snapshot, tmp_path):
+    s = (good_snapshot / "state").read_bytes()
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", state=s[: len(s) - 100])
+    vmm_refuses(d, match=r"state file .*: truncated")
+    d2 = copy_snapshot(good_snapshot, tmp_path / "bad2", state=s[:20])
+    vmm_refuses(d2, match=r"state file .*: truncated \(20 bytes")
+
+
+def test_other_version_is_refused(good_snapshot, tmp_path):
+    s = bytearray((good_snapshot / "state").read_bytes())
+    struct.pack_into("<I", s, 8, 99)
+    struct.pack_into("<I", s, 28, zlib.crc32(bytes(s[:28])))  # a well-formed header of version 99
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", state=bytes(s))
+    vmm_refuses(d, match=r"format version 99, this cella-vmm reads version 1")
+
+
+def test_not_a_snapshot_is_refused(good_snapshot, tmp_path):
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", state=b"x" * 100)
+    vmm_refuses(d, match=r"not a cella-vmm snapshot \(bad magic\)")
+
+
+def test_truncated_memory_is_refused(good_snapshot, tmp_path):
+    m = (good_snapshot / "memory").read_bytes()
+    d = copy_snapshot(good_snapshot, tmp_path / "bad", memory=m[: len(m) // 2])
+    vmm_refuses(d, match=r"memory file .*: 524288 bytes, the snapshot's guest has 1048576 \(truncated\)")
+
+
+def test_wrong_cpu_count_or_memory_is_refused(good_snapshot):
+    vmm_refuses(good_snapshot, "--cpus", "2", match=r"cpus: 2 requested, the snapshot has 1 vCPU")
+    vmm_refuses(good_snapshot, "--memory", "2", match=r"memory: 2 MiB requested, the snapshot has 1 MiB")
+
+
+def test_missing_snapshot_is_refused(tmp_path):
+    vmm_refuses(tmp_path / "nothing", match=r"state file.*No such file or directory")
+
+
+def test_restore_takes_no_machine_flags(good_snapshot):
+    vmm_refuses(good_snapshot, "--kernel", "/x", match=r"--restore: the machine comes from the snapshot")
+
+
+def test_matching_cpus_and_memory_are_accepted(good_snapshot, tmp_path):
+    c = restore(tmp_path, "clone", good_snapshot, extra=("--cpus", "1", "--memory", "1"), lines=5)
+    assert int(c[2]) == int(c[1]) + 1
