@@ -3,10 +3,10 @@
  * is KVM's stable ABI); a section of the wrong size is refused.
  *
  * Restore order (per vCPU), the one KVM's interdependencies want: CPUID first (it decides which MSRs
- * and XSAVE features exist), TSC frequency, MSRs (TSC before the TSC deadline), sregs (CR0/CR4/EFER
- * and the APIC base: before registers whose meaning depends on the mode, and before the LAPIC),
- * regs, XSAVE, XCRs, debug registers, LAPIC, MP state, and the pending events last (they depend on
- * everything above and KVM_SET_MP_STATE may touch them). */
+ * and XSAVE features exist), TSC frequency, sregs (CR0/CR4/EFER and the APIC base: before registers
+ * whose meaning depends on the mode, and before the LAPIC), regs, XSAVE, XCRs, debug registers,
+ * LAPIC, MSRs (after the LAPIC, so the TSC deadline sticks; TSC before the deadline), MP state, and
+ * the pending events last (they depend on everything above and KVM_SET_MP_STATE may touch them). */
 #include "vmm/x86/state.h"
 
 #include <errno.h>
@@ -238,26 +238,6 @@ int x86_vcpu_load(int fd, int vm_fd, unsigned index, const struct snap_file *f, 
 				 "scale it; guest time may drift", index, khz, cur);
 	}
 
-	/* MSRs */
-	if ((r = snap_need(f, &s, err, "vcpu%u.msrs", index)) < 0)
-		return r;
-	uint32_t nmsrs = snap_get_u32(&s);
-	if (nmsrs > MSR_LIST_MAX || snap_left(&s) != nmsrs * sizeof(struct kvm_msr_entry))
-		return cella_err_set(err, EINVAL, "state file: section \"%s\": malformed", s.name);
-	_cleanup_free_ struct kvm_msrs *m = calloc(1, sizeof(*m) + nmsrs * sizeof(m->entries[0]));
-	if (!m)
-		return cella_err_set(err, ENOMEM, "out of memory");
-	m->nmsrs = nmsrs;
-	snap_get(&s, m->entries, nmsrs * sizeof(m->entries[0]));
-	if ((r = snap_sec_done(&s, err)) < 0)
-		return r;
-	r = ioctl(fd, KVM_SET_MSRS, m);
-	if (r < 0)
-		return cella_err_sys(err, errno, "vcpu%u: KVM_SET_MSRS", index);
-	if ((uint32_t)r < nmsrs)
-		return cella_err_set(err, EINVAL, "vcpu%u: KVM_SET_MSRS: KVM refused MSR 0x%x (value 0x%llx)", index,
-				     m->entries[r].index, (unsigned long long)m->entries[r].data);
-
 	struct kvm_sregs sregs;
 	if ((r = get_raw(f, index, "sregs", &sregs, sizeof(sregs), err)) < 0)
 		return r;
@@ -311,6 +291,27 @@ int x86_vcpu_load(int fd, int vm_fd, unsigned index, const struct snap_file *f, 
 		return r;
 	if (ioctl(fd, KVM_SET_LAPIC, &lapic) < 0)
 		return cella_err_sys(err, errno, "vcpu%u: KVM_SET_LAPIC", index);
+	/* MSRs after the LAPIC: KVM drops a TSC deadline written while the LAPIC timer is not in
+	 * TSC-deadline mode. */
+	if ((r = snap_need(f, &s, err, "vcpu%u.msrs", index)) < 0)
+		return r;
+	uint32_t nmsrs = snap_get_u32(&s);
+	if (nmsrs > MSR_LIST_MAX || snap_left(&s) != nmsrs * sizeof(struct kvm_msr_entry))
+		return cella_err_set(err, EINVAL, "state file: section \"%s\": malformed", s.name);
+	_cleanup_free_ struct kvm_msrs *m = calloc(1, sizeof(*m) + nmsrs * sizeof(m->entries[0]));
+	if (!m)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	m->nmsrs = nmsrs;
+	snap_get(&s, m->entries, nmsrs * sizeof(m->entries[0]));
+	if ((r = snap_sec_done(&s, err)) < 0)
+		return r;
+	r = ioctl(fd, KVM_SET_MSRS, m);
+	if (r < 0)
+		return cella_err_sys(err, errno, "vcpu%u: KVM_SET_MSRS", index);
+	if ((uint32_t)r < nmsrs)
+		return cella_err_set(err, EINVAL, "vcpu%u: KVM_SET_MSRS: KVM refused MSR 0x%x (value 0x%llx)", index,
+				     m->entries[r].index, (unsigned long long)m->entries[r].data);
+
 	struct kvm_mp_state mp;
 	if ((r = get_raw(f, index, "mp", &mp, sizeof(mp), err)) < 0)
 		return r;
