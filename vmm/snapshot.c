@@ -204,6 +204,16 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 	char *json = NULL;
 	uint64_t written = 0;
 
+	/* A virtio device put on the bus without vm_add_virtio would be silently left out. */
+	for (size_t i = 0; i < vm->mmio.n; i++) {
+		const struct bus_range *b = &vm->mmio.ranges[i];
+		bool known = b->ops != &virtio_mmio_ops;
+		for (unsigned j = 0; j < vm->nvirtio && !known; j++)
+			known = vm->virtio[j].t == b->opaque;
+		if (!known)
+			return cella_err_set(err, ENOTSUP, "snapshot: %s is not registered for snapshots (vm_add_virtio)",
+					     b->name);
+	}
 	int r = vmm_config_to_json(vm->cfg, &json, err);
 	if (r < 0)
 		goto out;
