@@ -353,7 +353,8 @@ bad:
 	return 0;
 }
 
-/* Every field of the JSON form. vmm_config_to_json must write each one (a unit test checks it). */
+/* Every field of the JSON form. vmm_config_to_json must write each one: a snapshot restores the
+ * machine from it (tests/unit/test_snapshot.c round-trips a config). */
 static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", "nets", NULL };
 
 static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)

@@ -198,6 +198,8 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 	uint64_t t0 = cella_now_ns();
 	if (!vm_is_paused(vm))
 		return cella_err_set(err, EBUSY, "snapshot: the VM must be paused first");
+	/* Paused by a restore (restore_paused) rather than vm_pause: hold the devices too. */
+	devices_pause(vm, true);
 	struct snap_writer w;
 	snap_writer_init(&w);
 	struct x86_msr_list msrs = { 0 };
@@ -209,7 +211,7 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 		const struct bus_range *b = &vm->mmio.ranges[i];
 		bool known = b->ops != &virtio_mmio_ops;
 		for (unsigned j = 0; j < vm->nvirtio && !known; j++)
-			known = vm->virtio[j].t == b->opaque;
+			known = &vm->virtio[j]->t == b->opaque;
 		if (!known)
 			return cella_err_set(err, ENOTSUP, "snapshot: %s is not registered for snapshots (vm_add_virtio)",
 					     b->name);
@@ -398,6 +400,23 @@ int vm_restore_devices(struct vm *vm, const struct snap_file *f, struct cella_er
 					     vm->virtio[i]->name, base, vm->virtio[i]->base);
 		if ((r = virtio_mmio_load(&vm->virtio[i]->t, &s, err)) < 0 || (r = snap_sec_done(&s, err)) < 0)
 			return cella_err_wrap(err, "restoring %s", vm->virtio[i]->name);
+	}
+	/* A notification the old process had not served yet (its I/O thread was held by the pause) died
+	 * with it, and the guest will not repeat it: one extra kick per ready queue (the spec allows
+	 * spurious ones) serves whatever the avail rings hold once the I/O threads run. */
+	for (unsigned i = 0; i < vm->nvirtio; i++) {
+		struct virtio_slot *sl = vm->virtio[i];
+		for (unsigned q = 0; q < sl->t.ops->nqueues; q++) {
+			if (!sl->t.q[q].ready)
+				continue;
+			uint64_t one = 1;
+			if (sl->kick_fd[q] >= 0) {
+				if (write(sl->kick_fd[q], &one, sizeof(one)) < 0)
+					log_debug("%s: kick after restore: %s", sl->name, strerror(errno));
+			} else {
+				virtio_mmio_kick(&sl->t, q);
+			}
+		}
 	}
 	return 0;
 }
