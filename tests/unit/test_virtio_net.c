@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/err.h"
+#include "base/util.h"
 #include "tap.h"
 #include "vmm/iothread.h"
 #include "vmm/virtio/net.h"
@@ -399,6 +400,42 @@ static void test_ratelimit(void)
 	ratelimit_timer_event(&ln.rx_rl);
 	virtio_net_rx(&ln);
 	TAP_OK(used_idx(0) == 2 && ln.stats.rx_dropped == 0, "RX: ... then the second frame arrives");
+	wr(VIRTIO_MMIO_STATUS, 0);
+	t = saved;
+	virtio_mmio_destroy(&lt);
+	virtio_net_destroy(&ln);
+
+	/* the pace: 16 frames of 60000 bytes through 131072 bytes per 125 ms (1 MiB/s, bucket full at
+	 * the start) take (960000 - 131072) / 1048576 = 0.79 s */
+	rl = (struct ratelimit_cfg){ .bw = { .size = 131072, .refill_ms = 125 } };
+	TAP_OK(virtio_net_init(&ln, "paced", (const uint8_t *)"\x52\x54\x00\x12\x34\x58", &be, &rl, &err) == 0 &&
+		       virtio_mmio_init(&lt, &virtio_net_ops, &ln, &host, 5, &mem, &err) == 0, "paced device");
+	virtio_net_attach(&ln, &lt);
+	saved = t;
+	t = lt;
+	ln.t = &t;
+	start(FULL);
+	memset(at(DATA), 0, 12);
+	uint64_t t0 = cella_now_ns();
+	int sent = 0, got = 0;
+	static uint8_t big[65536];
+	while (got < 16 && cella_now_ns() - t0 < 5000000000ull) {
+		while (sent < 16 && (uint16_t)(avail_idx[1] - used_idx(1)) < QSZ) {
+			offer(1, (struct seg[]){ { DATA, 12, false }, { DATA + 0x1000, 60000, false } }, 2);
+			sent++;
+		}
+		virtio_net_tx(&ln);
+		while (host_recv(big, sizeof(big)) == 60012)
+			got++;
+		if (ln.tx_rl.blocked) {
+			pfd.fd = ratelimit_fd(&ln.tx_rl);
+			if (poll(&pfd, 1, 1000) == 1)
+				ratelimit_timer_event(&ln.tx_rl);
+		}
+	}
+	double secs = (cella_now_ns() - t0) / 1e9;
+	TAP_OK(got == 16 && ln.stats.tx_dropped == 0, "paced: 16 frames through, none dropped (%d)", got);
+	TAP_OK(secs > 0.79 * 0.9 && secs < 0.79 * 1.1, "paced: %.3f s for 0.79 s of tokens (1 MiB/s within 10%%)", secs);
 	wr(VIRTIO_MMIO_STATUS, 0);
 	t = saved;
 	virtio_mmio_destroy(&lt);
