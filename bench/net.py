@@ -71,7 +71,7 @@ def log(msg=""):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("-r", type=int, default=3, help="measured rounds (default 3, after 1 warm-up)")
-    ap.add_argument("-m", type=int, default=64, help="MiB per transfer (default 64)")
+    ap.add_argument("-m", type=int, default=16, help="MiB per transfer (default 16)")
     ap.add_argument("-t", type=int, default=3, help="transfers per boot (default 3)")
     ap.add_argument("--timeout", type=float, default=3000)
     args = ap.parse_args()
