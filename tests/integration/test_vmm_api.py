@@ -372,6 +372,22 @@ def test_client_disconnects_mid_request(vmm, guests):
         s.connect(v.sock)
         s.sendall(partial)
         s.close()
+    # a client that starts a request and stalls: 408 after 5 s, connection closed
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.settimeout(15)
+    stalled.connect(v.sock)
+    t0 = time.monotonic()
+    stalled.sendall(b"PUT /vm HTTP/1.1\r\nContent-Length: 18\r\n\r\n{\"st")
+    reply = b""
+    while True:
+        chunk = stalled.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    waited = time.monotonic() - t0
+    stalled.close()
+    assert statuses(reply) == [408] and b"not completed within 5 s" in reply, reply
+    assert 4.5 < waited < 10, waited
     # a client that sends a request and leaves before the reply
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(v.sock)

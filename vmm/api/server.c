@@ -27,12 +27,14 @@
 #define API_MAX_CONNS 16
 #define API_BUF_CAP (HTTP_MAX_HEADER + HTTP_MAX_BODY)
 #define API_SEND_TIMEOUT_S 2
+#define API_REQUEST_TIMEOUT_MS 5000 /* a request started must be complete within this */
 
 struct conn {
 	int fd;
 	char *buf;
 	size_t len;
 	bool sent_continue;
+	uint64_t since_ns; /* when the unanswered bytes in buf began to arrive */
 };
 
 struct api_server {
@@ -218,6 +220,7 @@ static bool conn_process(struct api_server *s, struct conn *c)
 			return false;
 		memmove(c->buf, c->buf + n, c->len - (size_t)n);
 		c->len -= (size_t)n;
+		c->since_ns = cella_now_ns(); /* a pipelined rest starts its own clock */
 	}
 	return true;
 }
@@ -237,6 +240,8 @@ static bool conn_read(struct api_server *s, struct conn *c)
 		}
 		return false;
 	}
+	if (c->len == 0)
+		c->since_ns = cella_now_ns();
 	c->len += (size_t)got;
 	return conn_process(s, c);
 }
@@ -269,17 +274,43 @@ static void accept_one(struct api_server *s)
 	close(fd);
 }
 
+/* A client that started a request and stalls gets 408 and loses its connection (it would hold one
+ * of the API_MAX_CONNS slots forever). Returns the poll timeout until the next deadline, -1 = none. */
+static int expire_stalled(struct api_server *s)
+{
+	uint64_t now = cella_now_ns();
+	int64_t next = -1;
+	for (size_t i = 0; i < API_MAX_CONNS; i++) {
+		struct conn *c = &s->conns[i];
+		if (c->fd < 0 || !c->len)
+			continue;
+		uint64_t age_ms = (now - c->since_ns) / 1000000;
+		if (age_ms >= API_REQUEST_TIMEOUT_MS) {
+			atomic_fetch_add(&s->chan.rejected, 1);
+			log_debug("api: request incomplete after %d ms: dropping the connection", API_REQUEST_TIMEOUT_MS);
+			send_fault(c, 408, "request not completed within 5 s", false);
+			conn_close(c);
+			continue;
+		}
+		int64_t left = (int64_t)(API_REQUEST_TIMEOUT_MS - age_ms) + 1;
+		if (next < 0 || left < next)
+			next = left;
+	}
+	return (int)next;
+}
+
 static void *api_thread(void *arg)
 {
 	struct api_server *s = arg;
 	pthread_setname_np(pthread_self(), "api");
 	for (;;) {
+		int timeout = expire_stalled(s);
 		struct pollfd fds[2 + API_MAX_CONNS];
 		fds[0] = (struct pollfd){ .fd = s->stop_fd, .events = POLLIN };
 		fds[1] = (struct pollfd){ .fd = s->listen_fd, .events = POLLIN };
 		for (size_t i = 0; i < API_MAX_CONNS; i++)
 			fds[2 + i] = (struct pollfd){ .fd = s->conns[i].fd, .events = POLLIN };
-		if (poll(fds, ARRAY_SIZE(fds), -1) < 0) {
+		if (poll(fds, ARRAY_SIZE(fds), timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			log_error("api: poll: %s", strerror(errno));
