@@ -99,6 +99,7 @@ unit: all
 # libFuzzer targets (clang, ASan+UBSan); each links the few sources it exercises.
 # Long runs: build/fuzz/fuzz_virtqueue -runs=10000000 tests/fuzz/corpus/virtqueue
 #            build/fuzz/fuzz_api -runs=10000000 -max_len=4096 tests/fuzz/corpus/api
+#            build/fuzz/fuzz_vsock -runs=10000000 -max_len=128 tests/fuzz/corpus/vsock
 FUZZ_CC ?= clang
 fuzz_src := $(wildcard tests/fuzz/*.c)
 fuzz_bins := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(fuzz_src))
@@ -118,6 +119,10 @@ build/fuzz/fuzz_virtio_net: tests/fuzz/fuzz_virtio_net.c vmm/virtio/net.c vmm/vi
 		vmm/iothread.c vmm/ratelimit.c vmm/snapfile.c base/err.c base/log.c base/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -o $@ $^ -lz
+build/fuzz/fuzz_vsock: tests/fuzz/fuzz_vsock.c vmm/virtio/vsock.c vmm/virtio/mmio.c vmm/virtio/queue.c vmm/snapfile.c \
+		base/err.c base/log.c base/util.c tests/unit/vsock_driver.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Wno-unused-parameter -o $@ $(filter %.c,$^) -lz
 
 test:
 	tests/run

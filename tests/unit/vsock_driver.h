@@ -20,7 +20,7 @@
 static _Alignas(4096) uint8_t vd_ram[VD_RAM];
 static struct vq_mem vd_mem = { .r = { { .gpa = VD_GPA, .size = VD_RAM, .host = vd_ram } }, .n = 1 };
 static struct virtio_mmio vd_t;
-static int vd_set_irq(void *ctx, unsigned irq, int level)
+static inline int vd_set_irq(void *ctx, unsigned irq, int level)
 {
 	return 0;
 }
@@ -36,11 +36,11 @@ static struct vd_queue vd_q[3] = {
 	{ 0x6000, 0x7000, 0x8000, 0, 0 },
 };
 
-static void vd_wr(uint64_t off, uint32_t v)
+static inline void vd_wr(uint64_t off, uint32_t v)
 {
 	virtio_mmio_ops.write(&vd_t, off, (const uint8_t *)&v, 4);
 }
-static uint32_t vd_rd(uint64_t off)
+static inline uint32_t vd_rd(uint64_t off)
 {
 	uint32_t v;
 	virtio_mmio_ops.read(&vd_t, off, (uint8_t *)&v, 4);
@@ -48,7 +48,7 @@ static uint32_t vd_rd(uint64_t off)
 }
 
 /* Status 0 (reset), feature negotiation, three queues, DRIVER_OK. */
-static void vd_start(void)
+static inline void vd_start(void)
 {
 	vd_wr(VIRTIO_MMIO_STATUS, 0);
 	memset(vd_ram, 0, 0x9000);
@@ -70,13 +70,13 @@ static void vd_start(void)
 					  VIRTIO_STATUS_DRIVER_OK);
 }
 
-static void vd_desc(unsigned q, uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next)
+static inline void vd_desc(unsigned q, uint16_t i, uint64_t gpa, uint32_t len, uint16_t flags, uint16_t next)
 {
 	struct { uint64_t a; uint32_t l; uint16_t f, n; } d = { gpa, len, flags, next };
 	memcpy(vd_ram + vd_q[q].desc + 16u * i, &d, 16);
 }
 
-static void vd_avail(unsigned q, uint16_t head)
+static inline void vd_avail(unsigned q, uint16_t head)
 {
 	uint16_t *a = (uint16_t *)(void *)(vd_ram + vd_q[q].avail);
 	a[2 + vd_q[q].avail_idx % VD_QSIZE] = head;
@@ -85,7 +85,7 @@ static void vd_avail(unsigned q, uint16_t head)
 }
 
 /* Posts one rx buffer in descriptor slot == its ring slot (so buffers are reused in order). */
-static void vd_rx_post(unsigned n)
+static inline void vd_rx_post(unsigned n)
 {
 	for (unsigned k = 0; k < n; k++) {
 		uint16_t slot = vd_q[0].avail_idx % VD_QSIZE;
@@ -97,7 +97,7 @@ static void vd_rx_post(unsigned n)
 
 /* Sends header + payload on the tx queue as two descriptors (as Linux does); returns false if the
  * device did not consume it. */
-static bool vd_send_raw(const void *hdr, uint32_t hdr_len, const void *payload, uint32_t len)
+static inline bool vd_send_raw(const void *hdr, uint32_t hdr_len, const void *payload, uint32_t len)
 {
 	uint16_t slot = (uint16_t)((vd_q[1].avail_idx * 2) % VD_QSIZE);
 	memcpy(vd_ram + VD_TX_AREA, hdr, hdr_len);
@@ -113,7 +113,7 @@ static bool vd_send_raw(const void *hdr, uint32_t hdr_len, const void *payload, 
 	return ok;
 }
 
-static struct vsock_hdr vd_hdr(uint64_t src_cid, uint32_t src_port, uint32_t dst_port, uint16_t op, uint32_t len,
+static inline struct vsock_hdr vd_hdr(uint64_t src_cid, uint32_t src_port, uint32_t dst_port, uint16_t op, uint32_t len,
 			       uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt)
 {
 	return (struct vsock_hdr){ .src_cid = src_cid, .dst_cid = VSOCK_HOST_CID, .src_port = src_port,
@@ -122,14 +122,14 @@ static struct vsock_hdr vd_hdr(uint64_t src_cid, uint32_t src_port, uint32_t dst
 }
 
 /* A control packet (no payload). */
-static bool vd_send(const struct vsock_hdr *h)
+static inline bool vd_send(const struct vsock_hdr *h)
 {
 	return vd_send_raw(h, VSOCK_HDR_LEN, NULL, 0);
 }
 
 /* Takes the next packet the device wrote into the rx queue; the buffer is posted again. Returns the
  * used length, or -1 when the device has given nothing back. */
-static int vd_recv(struct vsock_hdr *h, uint8_t *payload, uint32_t max)
+static inline int vd_recv(struct vsock_hdr *h, uint8_t *payload, uint32_t max)
 {
 	uint16_t *u = (uint16_t *)(void *)(vd_ram + vd_q[0].used);
 	if (__atomic_load_n(&u[1], __ATOMIC_ACQUIRE) == vd_q[0].used_seen)
@@ -150,7 +150,7 @@ static int vd_recv(struct vsock_hdr *h, uint8_t *payload, uint32_t max)
 }
 
 /* Posts one event buffer of 4 bytes. */
-static void vd_ev_post(void)
+static inline void vd_ev_post(void)
 {
 	uint16_t slot = vd_q[2].avail_idx % VD_QSIZE;
 	memset(vd_ram + VD_EV_AREA + 4u * slot, 0xff, 4);

@@ -51,6 +51,7 @@ enum {
 
 struct conn {
 	int fd; /* host socket, -1 once closed */
+	uint64_t serial;
 	enum conn_state state;
 	uint32_t local_port, peer_port;
 	unsigned owe;
@@ -80,9 +81,10 @@ struct vsock {
 	int listen_fd, epoll_fd, timer_fd;
 	bool timer_armed;
 	struct virtio_mmio *t;
-	struct conn *conns[VSOCK_MAX_CONNS];
+	struct conn *conns[VSOCK_MAX_CONNS]; /* dense: [0, nconns) */
 	unsigned nconns, rr;
 	uint32_t next_port;
+	uint64_t next_serial;
 	struct orphan orphans[ORPHAN_RING];
 	unsigned orphan_head, orphan_n;
 	bool rx_held; /* rx_chain was popped and not used yet */
@@ -94,8 +96,9 @@ struct vsock {
 	struct vsock_stats stats;
 };
 
-/* epoll tags for the non-connection fds */
-static char tag_listen, tag_timer;
+/* epoll data: these two, or a connection's serial (never reused, unlike its address) */
+#define TAG_LISTEN 1u
+#define TAG_TIMER 2u
 
 /* --- logging --- */
 
@@ -170,9 +173,9 @@ static unsigned chain_iov(const struct vq_chain *c, bool writable, uint64_t off,
 
 static struct conn *conn_find(struct vsock *v, uint32_t local_port, uint32_t peer_port)
 {
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++) {
+	for (unsigned i = 0; i < v->nconns; i++) {
 		struct conn *c = v->conns[i];
-		if (c && c->state != C_HANDSHAKE && c->local_port == local_port && c->peer_port == peer_port)
+		if (c->state != C_HANDSHAKE && c->local_port == local_port && c->peer_port == peer_port)
 			return c;
 	}
 	return NULL;
@@ -186,18 +189,14 @@ static struct conn *conn_new(struct vsock *v, int fd)
 	if (!c)
 		return NULL;
 	c->fd = fd;
-	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c };
+	c->serial = v->next_serial++;
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = c->serial };
 	if (epoll_ctl(v->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		vlog(v, "epoll_ctl: %s", strerror(errno));
 		free(c);
 		return NULL;
 	}
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
-		if (!v->conns[i]) {
-			v->conns[i] = c;
-			break;
-		}
-	v->nconns++;
+	v->conns[v->nconns++] = c;
 	return c;
 }
 
@@ -216,10 +215,10 @@ static void conn_close_fd(struct conn *c)
 static void conn_free(struct vsock *v, struct conn *c)
 {
 	conn_close_fd(c);
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
+	for (unsigned i = 0; i < v->nconns; i++)
 		if (v->conns[i] == c) {
-			v->conns[i] = NULL;
-			v->nconns--;
+			v->conns[i] = v->conns[--v->nconns]; /* order does not matter */
+			v->conns[v->nconns] = NULL;
 			break;
 		}
 	free(c);
@@ -487,8 +486,8 @@ static bool rx_work(struct vsock *v)
 {
 	if (v->orphan_n)
 		return true;
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
-		if (v->conns[i] && conn_has_work(v->conns[i]))
+	for (unsigned i = 0; i < v->nconns; i++)
+		if (conn_has_work(v->conns[i]))
 			return true;
 	return false;
 }
@@ -539,10 +538,10 @@ static void rx_pump(struct vsock *v)
 			v->stats.rsts_sent++;
 			len = VSOCK_HDR_LEN;
 		}
-		for (unsigned k = 0; k < VSOCK_MAX_CONNS && !len; k++) {
-			unsigned i = (v->rr + k) % VSOCK_MAX_CONNS;
+		for (unsigned k = 0, n = v->nconns; k < n && !len; k++) {
+			unsigned i = (v->rr + k) % n;
 			struct conn *c = v->conns[i];
-			if (c && conn_has_work(c) && (len = conn_emit(v, c, &v->rx_chain)) > 0)
+			if (conn_has_work(c) && (len = conn_emit(v, c, &v->rx_chain)) > 0)
 				v->rr = i + 1;
 		}
 		if (!len)
@@ -868,9 +867,9 @@ static void check_deadlines(struct vsock *v)
 {
 	uint64_t now = cella_now_ns();
 	bool any = false;
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++) {
+	for (unsigned i = v->nconns; i-- > 0;) { /* backwards: a reset may free conns[i] */
 		struct conn *c = v->conns[i];
-		if (!c || !c->deadline_ns)
+		if (!c->deadline_ns)
 			continue;
 		if (now < c->deadline_ns) {
 			any = true;
@@ -885,8 +884,8 @@ static void check_deadlines(struct vsock *v)
 
 static bool any_deadline(struct vsock *v)
 {
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
-		if (v->conns[i] && v->conns[i]->deadline_ns)
+	for (unsigned i = 0; i < v->nconns; i++)
+		if (v->conns[i]->deadline_ns)
 			return true;
 	return false;
 }
@@ -901,19 +900,19 @@ void vsock_run(struct vsock *v)
 		if (n <= 0)
 			break;
 		for (int i = 0; i < n; i++) {
-			void *p = evs[i].data.ptr;
-			if (p == &tag_listen) {
+			uint64_t tag = evs[i].data.u64;
+			if (tag == TAG_LISTEN) {
 				host_accept(v);
-			} else if (p == &tag_timer) {
+			} else if (tag == TAG_TIMER) {
 				uint64_t ticks;
 				if (read(v->timer_fd, &ticks, sizeof(ticks)) < 0 && errno != EAGAIN)
 					vlog(v, "timerfd: %s", strerror(errno));
 				check_deadlines(v);
 			} else {
-				/* a connection freed earlier in this batch is still in evs: skip stale pointers */
-				for (unsigned k = 0; k < VSOCK_MAX_CONNS; k++)
-					if (v->conns[k] == p) {
-						host_event(v, p, evs[i].events);
+				/* by serial: a connection freed earlier in this batch may still have events here */
+				for (unsigned k = 0; k < v->nconns; k++)
+					if (v->conns[k]->serial == tag) {
+						host_event(v, v->conns[k], evs[i].events);
 						break;
 					}
 			}
@@ -955,11 +954,11 @@ static void vsock_notify(void *dev, struct virtio_mmio *t, unsigned q)
 
 static void drop_all(struct vsock *v)
 {
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
-		if (v->conns[i])
-			conn_free(v, v->conns[i]);
+	while (v->nconns)
+		conn_free(v, v->conns[v->nconns - 1]);
 	v->orphan_n = v->orphan_head = 0;
 	v->rx_held = false;
+	v->next_port = EPHEMERAL_FIRST;
 }
 
 static void vsock_reset(void *dev)
@@ -1054,6 +1053,7 @@ int vsock_new(const struct vsock_config *cfg, struct vsock **out, struct cella_e
 	v->connect_ctx = cfg->connect_ctx;
 	v->listen_fd = v->timer_fd = -1;
 	v->next_port = EPHEMERAL_FIRST;
+	v->next_serial = 16;
 	v->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	int r;
 	if (v->epoll_fd < 0) {
@@ -1061,7 +1061,7 @@ int vsock_new(const struct vsock_config *cfg, struct vsock **out, struct cella_e
 		goto fail;
 	}
 	v->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &tag_timer };
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_TIMER };
 	if (v->timer_fd < 0 || epoll_ctl(v->epoll_fd, EPOLL_CTL_ADD, v->timer_fd, &ev) < 0) {
 		r = cella_err_sys(err, errno, "vsock: timerfd");
 		goto fail;
@@ -1077,7 +1077,7 @@ int vsock_new(const struct vsock_config *cfg, struct vsock **out, struct cella_e
 			goto fail;
 		}
 		v->listen_fd = r;
-		ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &tag_listen };
+		ev = (struct epoll_event){ .events = EPOLLIN, .data.u64 = TAG_LISTEN };
 		if (epoll_ctl(v->epoll_fd, EPOLL_CTL_ADD, v->listen_fd, &ev) < 0) {
 			r = cella_err_sys(err, errno, "vsock: epoll_ctl");
 			goto fail;
@@ -1123,7 +1123,6 @@ void vsock_get_stats(struct vsock *v, struct vsock_stats *out)
 	out->conns = v->nconns;
 	out->orphan_rsts = v->orphan_n;
 	out->buffered = 0;
-	for (unsigned i = 0; i < VSOCK_MAX_CONNS; i++)
-		if (v->conns[i])
-			out->buffered += v->conns[i]->used;
+	for (unsigned i = 0; i < v->nconns; i++)
+		out->buffered += v->conns[i]->used;
 }
