@@ -26,6 +26,7 @@ cella_src := $(wildcard cmd/cella/*.c)
 vmm_cmd_src := $(wildcard cmd/cella-vmm/*.c)
 init_src := $(wildcard agent/init/*.c)
 unit_src := $(wildcard tests/unit/*.c)
+guest_src := $(wildcard tests/guest/*.c)
 
 obj = $(patsubst %.c,$(O)/obj/%.o,$(1))
 
@@ -36,6 +37,8 @@ libvmm := $(O)/libcella-vmm.a
 progs := $(if $(cella_src),$(O)/cella) $(if $(vmm_cmd_src),$(O)/cella-vmm)
 ifeq ($(SAN),0)
 progs += $(if $(vmm_cmd_src),$(O)/cella-vmm-static) $(if $(init_src),$(O)/cella-init)
+# test tools that run inside guests (and the sandbox): static, standalone
+progs += $(patsubst tests/guest/%.c,$(O)/tests/guest/%,$(guest_src))
 endif
 unit_bins := $(patsubst tests/unit/%.c,$(O)/tests/unit/%,$(unit_src))
 
@@ -81,6 +84,10 @@ $(O)/cella-vmm-static: $(call obj,$(vmm_cmd_src)) $(libvmm) $(libbase)
 	$(CC) $(CFLAGS) $(LDFLAGS) -static -o $@ $^ $(LDLIBS_VMM) $(LDLIBS_BASE)
 
 $(O)/cella-init: $(call obj,$(init_src))
+	$(CC) $(CFLAGS) $(LDFLAGS) -static -o $@ $^
+
+$(O)/tests/guest/%: $(O)/obj/tests/guest/%.o
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -static -o $@ $^
 
 $(O)/tests/unit/%: $(O)/obj/tests/unit/%.o $(libruntime) $(libvmm) $(libbase)

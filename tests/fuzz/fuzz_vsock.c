@@ -120,6 +120,17 @@ static void raw_chain(struct in *in)
 	vd_wr(VIRTIO_MMIO_QUEUE_NOTIFY, VSOCK_TXQ);
 }
 
+/* Many REQUESTs at once: reaches the connection limit with short inputs. */
+static void flood(struct in *in)
+{
+	unsigned n = u8(in) * 2u;
+	uint32_t port = 5000 + u8(in) % 4;
+	for (unsigned i = 0; i < n; i++) {
+		struct vsock_hdr h = vd_hdr(CID, 30000 + i, port, VSOCK_OP_REQUEST, 0, 0, 1u << 18, 0);
+		vd_send(&h);
+	}
+}
+
 static void rx_post_some(struct in *in)
 {
 	uint16_t outstanding = (uint16_t)(vd_q[0].avail_idx - vd_q[0].used_seen);
@@ -240,7 +251,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			vd_ev_post();
 			vsock_transport_reset(v);
 			break;
-		case 11: host_op(&in, 0); break;
+		case 11: /* the flood is costly (hundreds of socketpairs): rare */
+			if (op >> 4 == 0xf)
+				flood(&in);
+			else
+				host_op(&in, 0);
+			break;
 		}
 		struct vsock_stats s;
 		vsock_get_stats(v, &s);

@@ -273,9 +273,13 @@ static void credit_check(struct conn *c)
 		c->owe |= OWE_CREDIT;
 }
 
-static uint64_t now_plus_ms(unsigned ms)
+static void arm_timer(struct vsock *v, bool on);
+
+/* The timer ticks while any connection has a deadline; check_deadlines stops it when none has. */
+static void set_deadline(struct vsock *v, struct conn *c, unsigned ms)
 {
-	return cella_now_ns() + (uint64_t)ms * 1000000ull;
+	c->deadline_ns = cella_now_ns() + (uint64_t)ms * 1000000ull;
+	arm_timer(v, true);
 }
 
 /* Both directions are over and nothing is left to give the host: reset (Linux expects our RST). */
@@ -468,7 +472,7 @@ static uint32_t conn_emit(struct vsock *v, struct conn *c, const struct vq_chain
 		uint32_t flags = VSOCK_SHUTDOWN_SEND | (c->host_hup ? VSOCK_SHUTDOWN_RCV : 0);
 		fill_hdr(v, c, &h, VSOCK_OP_SHUTDOWN, 0, flags);
 		if (!c->deadline_ns)
-			c->deadline_ns = now_plus_ms(VSOCK_CLOSE_MS);
+			set_deadline(v, c, VSOCK_CLOSE_MS);
 		maybe_finish(v, c); /* the guest had already shut its side: the header goes, then an RST */
 	} else {
 		return 0;
@@ -614,7 +618,7 @@ static void guest_shutdown(struct vsock *v, struct conn *c, uint32_t flags)
 {
 	c->peer_shut |= flags & (VSOCK_SHUTDOWN_RCV | VSOCK_SHUTDOWN_SEND);
 	if (c->used && !c->deadline_ns)
-		c->deadline_ns = now_plus_ms(VSOCK_CLOSE_MS); /* a host that never reads is not waited for */
+		set_deadline(v, c, VSOCK_CLOSE_MS); /* a host that never reads is not waited for */
 	maybe_finish(v, c);
 }
 
@@ -767,7 +771,7 @@ static void host_accept(struct vsock *v)
 		}
 		c->state = C_HANDSHAKE;
 		c->readable = true;
-		c->deadline_ns = now_plus_ms(VSOCK_HANDSHAKE_MS);
+		set_deadline(v, c, VSOCK_HANDSHAKE_MS);
 	}
 }
 
@@ -831,7 +835,7 @@ static void host_handshake(struct vsock *v, struct conn *c)
 	c->peer_port = (uint32_t)port;
 	c->state = C_CONNECTING;
 	c->owe = OWE_REQUEST;
-	c->deadline_ns = now_plus_ms(VSOCK_HANDSHAKE_MS);
+	set_deadline(v, c, VSOCK_HANDSHAKE_MS);
 }
 
 static void host_event(struct vsock *v, struct conn *c, uint32_t events)
@@ -882,13 +886,6 @@ static void check_deadlines(struct vsock *v)
 	arm_timer(v, any);
 }
 
-static bool any_deadline(struct vsock *v)
-{
-	for (unsigned i = 0; i < v->nconns; i++)
-		if (v->conns[i]->deadline_ns)
-			return true;
-	return false;
-}
 
 void vsock_run(struct vsock *v)
 {
@@ -920,8 +917,6 @@ void vsock_run(struct vsock *v)
 		if (n < 64)
 			break;
 	}
-	if (any_deadline(v))
-		arm_timer(v, true);
 	rx_pump(v);
 	if (v->t)
 		virtio_mmio_unlock(v->t);
@@ -948,8 +943,6 @@ static void vsock_notify(void *dev, struct virtio_mmio *t, unsigned q)
 	/* new rx buffers, or packets the tx queue made us owe; the event queue's buffers wait for an event */
 	if (q != VSOCK_EVQ)
 		rx_pump(v);
-	if (any_deadline(v))
-		arm_timer(v, true);
 }
 
 static void drop_all(struct vsock *v)
