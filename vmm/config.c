@@ -41,6 +41,7 @@ void vmm_config_free(struct vmm_config *cfg)
 	free(cfg->cmdline);
 	free(cfg->console_path);
 	free(cfg->kvm_device);
+	free(cfg->vsock_uds);
 	free(cfg->snapshot_dir);
 	free(cfg->restore_state);
 	free(cfg->restore_memory);
@@ -355,7 +356,7 @@ bad:
 
 /* Every field of the JSON form. vmm_config_to_json must write each one: a snapshot restores the
  * machine from it (tests/unit/test_snapshot.c round-trips a config). */
-static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", "nets", NULL };
+static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", "nets", "vsock", NULL };
 
 static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)
 {
@@ -394,9 +395,47 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 	json_t *nets;
 	if ((r = cj_get_array(j, "", "nets", false, &nets, err)) < 0 || (r > 0 && (r = load_nets(cfg, nets, err)) < 0))
 		goto fail;
+	json_t *vs;
+	if ((r = cj_get_object(j, "", "vsock", false, &vs, err)) < 0)
+		goto fail;
+	if (r > 0) {
+		static const char *const vknown[] = { "cid", "uds", NULL };
+		uint64_t cid;
+		if ((r = cj_reject_unknown(vs, "vsock", vknown, err)) < 0 ||
+		    (r = cj_get_uint64(vs, "vsock", "cid", true, &cid, err)) < 0 ||
+		    (r = cj_get_string(vs, "vsock", "uds", true, &s, err)) < 0 || (r = replace(&cfg->vsock_uds, s, err)) < 0)
+			goto fail;
+		cfg->vsock_cid = cid;
+	}
 	return 0;
 fail:
 	return cella_err_wrap(err, "%s", path);
+}
+
+int vmm_config_set_vsock(struct vmm_config *cfg, const char *spec, struct cella_err *err)
+{
+	_cleanup_free_ char *copy = strdup(spec);
+	if (!copy)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	bool have_cid = false, have_uds = false;
+	char *save = NULL;
+	for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+		if (!strncmp(kv, "cid=", 4)) {
+			if (cella_parse_uint64(kv + 4, &cfg->vsock_cid) < 0)
+				return cella_err_set(err, EINVAL, "--vsock: cid: expected a number, got \"%s\"", kv + 4);
+			have_cid = true;
+		} else if (!strncmp(kv, "uds=", 4)) {
+			int r = replace(&cfg->vsock_uds, kv + 4, err);
+			if (r < 0)
+				return r;
+			have_uds = true;
+		} else {
+			return cella_err_set(err, EINVAL, "--vsock: unknown setting \"%s\" (expected cid=N,uds=PATH)", kv);
+		}
+	}
+	if (!have_cid || !have_uds)
+		return cella_err_set(err, EINVAL, "--vsock: expected cid=N,uds=PATH, got \"%s\"", spec);
+	return 0;
 }
 
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err)
@@ -470,6 +509,9 @@ int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_er
 		bad |= json_array_append_new(nets, o);
 	}
 	bad |= !nets || json_object_set_new(j, "nets", nets);
+	if (cfg->vsock_cid)
+		bad |= json_object_set_new(j, "vsock", json_pack("{sIss}", "cid", (json_int_t)cfg->vsock_cid, "uds",
+								  cfg->vsock_uds ? cfg->vsock_uds : ""));
 	char *text = bad ? NULL : json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
 	if (!text)
 		return cella_err_set(err, ENOMEM, "config: cannot write it as JSON");
@@ -492,6 +534,18 @@ int vmm_config_check(const struct vmm_config *cfg, struct cella_err *err)
 				     cfg->ndisks + cfg->nnets + (cfg->rng ? 1 : 0), VMM_MAX_VIRTIO_DEVS);
 	if (cfg->cmdline && strlen(cfg->cmdline) >= 4096)
 		return cella_err_set(err, E2BIG, "cmdline: %zu bytes, at most 4095", strlen(cfg->cmdline));
+	if (cfg->vsock_cid || cfg->vsock_uds) {
+		/* CIDs 0-2 are the hypervisor, local and host; the guest's is 32 bits in practice */
+		if (cfg->vsock_cid < 3 || cfg->vsock_cid >= UINT32_MAX)
+			return cella_err_set(err, EINVAL, "vsock: cid %llu is out of range (3..%u)",
+					     (unsigned long long)cfg->vsock_cid, UINT32_MAX - 1);
+		if (!cfg->vsock_uds || !*cfg->vsock_uds)
+			return cella_err_set(err, EINVAL, "vsock: uds: required (a unix socket path)");
+		/* room for "_<port>" in sun_path (108 bytes) */
+		if (strlen(cfg->vsock_uds) > VMM_VSOCK_UDS_MAX)
+			return cella_err_set(err, ENAMETOOLONG, "vsock: uds %s: %zu bytes, at most %d", cfg->vsock_uds,
+					     strlen(cfg->vsock_uds), VMM_VSOCK_UDS_MAX);
+	}
 	return 0;
 }
 

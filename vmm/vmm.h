@@ -25,6 +25,7 @@ struct cella_err;
 /* virtio-mmio devices: slot i at VMM_VIRTIO_MMIO_BASE + i * 0x200, each on its own IOAPIC line (the
  * first device gets IRQ 5; see vm_alloc_gsi). */
 #define VMM_VIRTIO_MMIO_BASE 0xd0001000ull
+#define VMM_VSOCK_UDS_MAX 95 /* sun_path holds 108 bytes: room for "_4294967295" */
 /* File names inside a snapshot directory (cella-vmm --snapshot-dir, --restore DIR). */
 #define VMM_SNAPSHOT_STATE_FILE "state"
 #define VMM_SNAPSHOT_MEMORY_FILE "memory"
@@ -85,6 +86,11 @@ struct vmm_config {
 	unsigned ndisks;
 	struct vmm_net nets[VMM_MAX_NETS]; /* virtio-net, in order (eth0, eth1, ...) */
 	unsigned nnets;
+	/* virtio-vsock, Firecracker-style hybrid: --vsock cid=N,uds=PATH / "vsock": {"cid": N, "uds": PATH}.
+	 * The VMM listens on uds (host -> guest: "CONNECT <port>\n"); guest connections to host port P go to
+	 * the unix socket "<uds>_P". */
+	uint64_t vsock_cid; /* 0 = no vsock device */
+	char *vsock_uds;
 
 	/* Snapshots (issue 6, vmm/snapshot.h). Not part of the JSON config. */
 	char *snapshot_dir;    /* SIGUSR2 pauses the VM, writes DIR/state and DIR/memory, resumes */
@@ -106,6 +112,9 @@ void vmm_config_free(struct vmm_config *cfg);
 /* "stdio", "none" or a file path. */
 int vmm_config_set_console(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
+/* Parses one --vsock value ("cid=N,uds=PATH"). */
+int vmm_config_set_vsock(struct vmm_config *cfg, const char *spec, struct cella_err *err);
+
 /* Parses one --disk value ("PATH[,ro][,id=NAME][,bw=..]...") and appends the disk. */
 int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
@@ -113,7 +122,7 @@ int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_e
 int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err);
 
 /* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks",
- * "nets"}) over cfg: fields present replace cfg's values ("disks" and "nets" replace the lists). Unknown
+ * "nets", "vsock"}) over cfg: fields present replace cfg's values ("disks" and "nets" replace the lists). Unknown
  * fields are errors naming the field. */
 int vmm_config_load_json(struct vmm_config *cfg, const char *path, struct cella_err *err);
 

@@ -30,7 +30,7 @@ static const char usage[] =
 	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
 	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
 	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, disks,\n"
-	"                       nets}; flags override, --disk / --net add to the config's lists\n"
+	"                       nets, vsock}; flags override, --disk / --net add to the config's lists\n"
 	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
 	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
@@ -53,6 +53,10 @@ static const char usage[] =
 	"                       Virtio devices sit at 0xd0001000 + 0x200 * i (rng first, then disks, then\n"
 	"                       nets), each on\n"
 	"                       its own IRQ (5, 6, 7, 10, 11, 16...), listed in the ACPI DSDT.\n"
+	"  --vsock cid=N,uds=PATH  virtio-vsock for guest CID N (3..4294967294). Host -> guest: connect to the\n"
+	"                       unix socket PATH, write \"CONNECT <port>\\n\", read \"OK <host port>\\n\", then the\n"
+	"                       stream; guest -> host port P: forwarded to the unix socket PATH_P.\n"
+	"                       PATH is created and removed by the VMM; JSON: \"vsock\": {\"cid\": N, \"uds\": PATH}\n"
 	"  --snapshot-dir DIR   on SIGUSR2: pause the VM, write DIR/state and DIR/memory, resume\n"
 	"                       (the control API's PUT /snapshot/create is the other way in)\n"
 	"  --restore DIR        run the VM saved in DIR/state + DIR/memory instead of booting: the\n"
@@ -79,6 +83,7 @@ enum {
 	OPT_KVM_DEVICE,
 	OPT_DEBUG_DEVICE,
 	OPT_RNG,
+	OPT_VSOCK,
 	OPT_SNAPSHOT_DIR,
 	OPT_RESTORE,
 	OPT_DISK,
@@ -99,6 +104,7 @@ static const struct option options[] = {
 	{ "kvm-device", required_argument, NULL, OPT_KVM_DEVICE },
 	{ "debug-device", no_argument, NULL, OPT_DEBUG_DEVICE },
 	{ "rng", no_argument, NULL, OPT_RNG },
+	{ "vsock", required_argument, NULL, OPT_VSOCK },
 	{ "snapshot-dir", required_argument, NULL, OPT_SNAPSHOT_DIR },
 	{ "restore", required_argument, NULL, OPT_RESTORE },
 	{ "disk", required_argument, NULL, OPT_DISK },
@@ -194,6 +200,12 @@ int main(int argc, char **argv)
 		case OPT_KVM_DEVICE: r = set_string(&flags.kvm_device, optarg); break;
 		case OPT_DEBUG_DEVICE: flags.debug_device = true; break;
 		case OPT_RNG: flags.rng = true; break;
+		case OPT_VSOCK:
+			if (vmm_config_set_vsock(&flags, optarg, &err) < 0) {
+				status = fail("%s", err.msg);
+				goto out;
+			}
+			break;
 		case OPT_SNAPSHOT_DIR: r = set_string(&flags.snapshot_dir, optarg); break;
 		case OPT_RESTORE: restore = optarg; break;
 		case OPT_DISK:
@@ -234,9 +246,10 @@ int main(int argc, char **argv)
 
 	if (restore) {
 		/* The snapshot says what the machine is; only these may be given with it. */
-		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng) {
+		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng ||
+		    flags.vsock_uds) {
 			status = fail("--restore: the machine comes from the snapshot; --config, --kernel, --initrd, "
-				      "--cmdline and --rng cannot be given with it");
+				      "--cmdline, --rng and --vsock cannot be given with it");
 			goto out;
 		}
 		cfg.restore_state = cella_path_join(restore, VMM_SNAPSHOT_STATE_FILE);
@@ -292,6 +305,13 @@ int main(int argc, char **argv)
 		flags.nets[i] = (struct vmm_net){ 0 };
 	}
 	flags.nnets = 0;
+	if (flags.vsock_uds) { /* --vsock given (its cid is checked with the rest of the config) */
+		cfg.vsock_cid = flags.vsock_cid;
+		if (set_string(&cfg.vsock_uds, flags.vsock_uds) < 0) {
+			status = fail("%s", "out of memory");
+			goto out;
+		}
+	}
 	if (console && vmm_config_set_console(&cfg, console, &err) < 0) {
 		status = fail("%s", err.msg);
 		goto out;
