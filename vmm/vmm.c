@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>
@@ -25,10 +26,12 @@
 #include "base/util.h"
 #include "vmm/api/api.h"
 #include "vmm/console.h"
+#include "vmm/iothread.h"
 #include "vmm/snapfile.h"
 #include "vmm/snapshot.h"
 #include "vmm/virtio/blk.h"
 #include "vmm/virtio/net.h"
+#include "vmm/virtio/vsock.h"
 #include "vmm/vm.h"
 #include "vmm/x86/boot.h"
 #include "vmm/x86/cpu.h"
@@ -161,6 +164,32 @@ static int write_acpi(struct vm *vm, const struct vmm_config *cfg, struct cella_
 	return x86_write_acpi_devs(&gm, cfg->cpus, devs, vm->nvirtio, err);
 }
 
+static void vsock_dev_free(void *dev)
+{
+	vsock_free(dev); /* also removes the socket file */
+}
+
+static void on_vsock(void *opaque, uint32_t events)
+{
+	vsock_run(opaque);
+}
+
+/* virtio-vsock: its host sockets sit in one epoll fd that the shared I/O thread watches. */
+static int add_vsock(struct vm *vm, const struct vmm_config *cfg, struct cella_err *err)
+{
+	struct vsock *v;
+	struct vsock_config vc = { .guest_cid = cfg->vsock_cid, .uds = cfg->vsock_uds };
+	int r = vsock_new(&vc, &v, err);
+	if (r < 0)
+		return r;
+	struct virtio_slot *slot;
+	if ((r = vm_virtio_add(vm, &virtio_vsock_ops, v, vsock_dev_free, 0, &slot, err)) < 0)
+		return r; /* v was freed */
+	vsock_attach(v, &slot->t);
+	log_debug("%s: guest cid %" PRIu64 ", host socket %s", slot->name, cfg->vsock_cid, cfg->vsock_uds);
+	return iothread_add(slot->io, vsock_fd(v), EPOLLIN, on_vsock, v, err);
+}
+
 static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, struct cella_err *err)
 {
 	int r;
@@ -202,6 +231,8 @@ static int add_devices(struct vm *vm, const struct vmm_config *cfg, int out_fd, 
 	for (unsigned i = 0; i < cfg->nnets; i++)
 		if ((r = net_add(vm, &cfg->nets[i], err)) < 0)
 			return r;
+	if (cfg->vsock_cid && (r = add_vsock(vm, cfg, err)) < 0)
+		return r;
 	if (cfg->debug_device) {
 		if ((r = debug_device_new(&vm->debug_device, err)) < 0 ||
 		    (r = bus_register(&vm->mmio, VMM_DEBUG_DEVICE_ADDR, DEBUG_DEVICE_LEN, &debug_device_ops,
@@ -1067,6 +1098,8 @@ out:
 		/* A vCPU thread is stuck in the kernel: its kvm_run, the devices it may call and the VM must
 		 * outlive it. Leave them to process exit rather than hang or free memory in use. */
 		res->abandoned = true;
+		if (cfg->vsock_uds)
+			unlink(cfg->vsock_uds); /* the one thing process exit would not clean up */
 		return 0;
 	}
 	if (m.vm)

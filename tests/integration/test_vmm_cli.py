@@ -205,3 +205,75 @@ def test_config_disks(tmp_path, hello):
     c.write_text(json.dumps({"kernel": hello, "disks": [{"path": str(d), "ro": True, "id": "a", "bw": 1048576,
                                                          "bw_refill_ms": 100, "iops": 10}]}))
     vmm_fails("--config", str(c), "--disk", str(tmp_path / "nope2"), "--kvm-device", NO_KVM, match="nope2")
+
+
+def test_vsock_option_errors(tmp_path, hello):
+    uds = str(tmp_path / "v.sock")
+    vmm_fails("--kernel", hello, "--vsock", f"cid=2,uds={uds}", match="vsock: cid 2 is out of range (3..4294967294)")
+    vmm_fails("--kernel", hello, "--vsock", f"cid=4294967295,uds={uds}", match="out of range")
+    vmm_fails("--kernel", hello, "--vsock", "cid=3", match='--vsock: expected cid=N,uds=PATH, got "cid=3"')
+    vmm_fails("--kernel", hello, "--vsock", f"cid=x,uds={uds}", match='cid: expected a number, got "x"')
+    vmm_fails("--kernel", hello, "--vsock", f"cid=3,uds={uds},mtu=9", match='unknown setting "mtu=9"')
+    vmm_fails("--kernel", hello, "--vsock", "cid=3,uds=/" + "a" * 100, match="at most 95")
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"kernel": hello, "vsock": {"cid": 3}}))
+    vmm_fails("--config", str(c), match="vsock.uds: required")
+    c.write_text(json.dumps({"kernel": hello, "vsock": {"cid": 3, "uds": uds, "port": 1}}))
+    vmm_fails("--config", str(c), match="vsock.port: unknown field")
+    c.write_text(json.dumps({"kernel": hello, "vsock": {"cid": -1, "uds": uds}}))
+    vmm_fails("--config", str(c), match="vsock.cid: expected non-negative integer")
+    assert not os.path.exists(uds)
+
+
+def hlt_guest(tmp_path):
+    p = tmp_path / "hlt.bin"
+    p.write_bytes(b"\xf4\xeb\xfd")  # hlt; jmp back: runs until the VMM is stopped
+    return str(p)
+
+
+def test_vsock_socket_file_lifecycle(tmp_path):
+    """The VMM creates the unix socket, takes over a stale one, refuses a file that is not a socket
+    or a socket someone listens on, and removes its socket on exit (here: SIGTERM)."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm")
+    guest = hlt_guest(tmp_path)
+    uds = str(tmp_path / "v.sock")
+    with open(uds, "w") as f:
+        f.write("not a socket")
+    vmm_fails("--kernel", guest, "--memory", "2", "--console", "none", "--vsock", f"cid=3,uds={uds}",
+              match="exists and is not a socket")
+    assert open(uds).read() == "not a socket"
+    os.unlink(uds)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(uds)  # a socket file nobody listens on, as a killed VMM leaves it
+    stale.close()
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"kernel": guest, "memory_mib": 2, "console": "none", "vsock": {"cid": 3, "uds": uds}}))
+    p = subprocess.Popen([VMM, "--config", str(c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(uds)
+                break
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                s.close()
+        else:
+            pytest.fail("the VMM never listened on " + uds)
+        vmm_fails("--kernel", guest, "--memory", "2", "--console", "none", "--vsock", f"cid=4,uds={uds}",
+                  match="another process listens there")
+        assert os.path.exists(uds), "the refused VMM removed the first one's socket"
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert not os.path.exists(uds), "socket file left behind"

@@ -959,6 +959,8 @@ static void vsock_reset(void *dev)
 	drop_all(dev); /* the queues are gone; host clients see their sockets close */
 }
 
+static int vsock_load(void *dev, struct snap_sec *s, struct cella_err *err);
+
 const struct virtio_dev_ops virtio_vsock_ops = {
 	.name = "virtio-vsock",
 	.device_id = VIRTIO_ID_VSOCK,
@@ -967,12 +969,12 @@ const struct virtio_dev_ops virtio_vsock_ops = {
 	.read_config = vsock_read_config,
 	.notify = vsock_notify,
 	.reset = vsock_reset,
+	.load = vsock_load,
 };
 
-void vsock_transport_reset(struct vsock *v)
+/* Lock held (or no transport). */
+static void transport_reset(struct vsock *v)
 {
-	if (v->t)
-		virtio_mmio_lock(v->t);
 	drop_all(v);
 	struct vq *q = v->t ? virtio_mmio_queue(v->t, VSOCK_EVQ) : NULL;
 	struct cella_err err = { 0 };
@@ -987,8 +989,23 @@ void vsock_transport_reset(struct vsock *v)
 			v->stats.events_sent++;
 		virtio_mmio_used(v->t, VSOCK_EVQ);
 	}
+}
+
+void vsock_transport_reset(struct vsock *v)
+{
+	if (v->t)
+		virtio_mmio_lock(v->t);
+	transport_reset(v);
 	if (v->t)
 		virtio_mmio_unlock(v->t);
+}
+
+/* Restored from a snapshot (transport lock held): the host sockets of the guest's connections belong to
+ * the process that took the snapshot, so the guest is told to drop them all. */
+static int vsock_load(void *dev, struct snap_sec *s, struct cella_err *err)
+{
+	transport_reset(dev);
+	return 0;
 }
 
 /* --- setup --- */
