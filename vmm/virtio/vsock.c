@@ -82,7 +82,7 @@ struct vsock {
 	bool timer_armed;
 	struct virtio_mmio *t;
 	struct conn *conns[VSOCK_MAX_CONNS]; /* dense: [0, nconns) */
-	unsigned nconns, rr;
+	unsigned nconns, rr, max_conns;
 	uint32_t next_port;
 	uint64_t next_serial;
 	struct orphan orphans[ORPHAN_RING];
@@ -183,7 +183,7 @@ static struct conn *conn_find(struct vsock *v, uint32_t local_port, uint32_t pee
 
 static struct conn *conn_new(struct vsock *v, int fd)
 {
-	if (v->nconns >= VSOCK_MAX_CONNS)
+	if (v->nconns >= v->max_conns)
 		return NULL;
 	struct conn *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -587,8 +587,8 @@ static int default_connect(struct vsock *v, uint32_t port)
 static void guest_request(struct vsock *v, const struct vsock_hdr *h)
 {
 	uint32_t port = le32toh(h->dst_port);
-	if (v->nconns >= VSOCK_MAX_CONNS) {
-		vlog(v, "connection limit (%u) reached: RST for guest port %" PRIu32, VSOCK_MAX_CONNS,
+	if (v->nconns >= v->max_conns) {
+		vlog(v, "connection limit (%u) reached: RST for guest port %" PRIu32, v->max_conns,
 		     le32toh(h->src_port));
 		orphan_rst(v, h);
 		return;
@@ -765,7 +765,7 @@ static void host_accept(struct vsock *v)
 		}
 		struct conn *c = conn_new(v, fd);
 		if (!c) {
-			vlog(v, "connection limit (%u) reached: closing a host client", VSOCK_MAX_CONNS);
+			vlog(v, "connection limit (%u) reached: closing a host client", v->max_conns);
 			close(fd);
 			continue;
 		}
@@ -1061,6 +1061,7 @@ int vsock_new(const struct vsock_config *cfg, struct vsock **out, struct cella_e
 	v->cid = cfg->guest_cid;
 	v->connect = cfg->connect;
 	v->connect_ctx = cfg->connect_ctx;
+	v->max_conns = cfg->max_conns && cfg->max_conns < VSOCK_MAX_CONNS ? cfg->max_conns : VSOCK_MAX_CONNS;
 	v->listen_fd = v->timer_fd = -1;
 	v->next_port = EPHEMERAL_FIRST;
 	v->next_serial = 16;

@@ -66,6 +66,7 @@ struct vsock_config {
 	 * non-blocking connect to <uds>_P. Tests and the fuzzer plug in socketpairs here. */
 	int (*connect)(void *ctx, uint32_t port);
 	void *connect_ctx;
+	unsigned max_conns; /* 0 = VSOCK_MAX_CONNS; at most that */
 };
 
 /* Creates the device and, with cfg->uds, the listening socket (a stale socket file left by a dead VMM
