@@ -271,6 +271,8 @@ static void test_config_json(void)
 	a.console = VMM_CONSOLE_FILE;
 	a.console_path = strdup("/tmp/console.log");
 	a.rng = true;
+	a.vsock_cid = 42;
+	a.vsock_uds = strdup("/tmp/v.sock");
 	struct cella_err err = { 0 };
 	_cleanup_free_ char *json = NULL;
 	TAP_OK(vmm_config_to_json(&a, &json, &err) == 0, "config as JSON: %s", json ? json : err.msg);
@@ -278,7 +280,9 @@ static void test_config_json(void)
 	       err.msg);
 	TAP_OK(!strcmp(b.kernel, a.kernel) && !strcmp(b.initrd, a.initrd) && !strcmp(b.cmdline, a.cmdline) &&
 	       b.cpus == 3 && b.memory_mib == 768 && b.console == VMM_CONSOLE_FILE &&
-	       !strcmp(b.console_path, a.console_path) && b.rng, "every field survives");
+	       !strcmp(b.console_path, a.console_path) && b.rng && b.vsock_cid == 42 && b.vsock_uds &&
+		       !strcmp(b.vsock_uds, "/tmp/v.sock"),
+	       "every field survives");
 	vmm_config_free(&a);
 	vmm_config_free(&b);
 }
