@@ -600,6 +600,26 @@ def test_curl_drives_the_api(vmm, guests):
     v.stop(expect=128 + signal.SIGTERM)
 
 
+def test_sigkill_leaves_a_stale_socket_the_next_run_replaces(vmm, guests):
+    v = vmm()
+    v.proc.kill()
+    v.proc.wait()
+    old = os.stat(v.sock)
+    assert stat.S_ISSOCK(old.st_mode)  # nothing runs on SIGKILL
+    w = Vmm(v.console.parent, "--log-level", "warn")  # same path
+    deadline = time.monotonic() + 10
+    while "a socket nobody listens on" not in w.output() or os.stat(w.sock).st_ino == old.st_ino:
+        assert time.monotonic() < deadline and w.proc.poll() is None, w.output()
+        time.sleep(0.05)
+    assert "removing " + v.sock + ", a socket nobody listens on" in w.output()
+    assert w.state() == "Not started"
+    # a live VMM's socket is never taken over
+    p = subprocess.run([VMM, "--api-sock", w.sock], capture_output=True, text=True, timeout=20)
+    assert p.returncode == 1 and "already exists (and is not a stale socket)" in p.stderr, p.stderr
+    w.stop(expect=128 + signal.SIGTERM)
+    w.log.close()
+
+
 def test_socket_path_refusals(tmp_path, guests):
     taken = tmp_path / "taken.sock"
     taken.write_text("not mine")

@@ -329,6 +329,23 @@ static void *api_thread(void *arg)
 
 /* --- setup and teardown --- */
 
+/* A unix socket file whose listener is gone (its process was SIGKILLed): connect is refused. Any
+ * other file, or a live socket, is left alone. */
+static bool stale_socket(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return false;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return false;
+	bool stale = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno == ECONNREFUSED;
+	close(fd);
+	return stale;
+}
+
 int api_server_start(const char *path, struct api_server **out, struct cella_err *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -374,9 +391,17 @@ int api_server_start(const char *path, struct api_server **out, struct cella_err
 		r = cella_err_sys(err, errno, "api-sock: listen");
 		goto fail_unlink;
 	}
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
-		r = errno == EEXIST ? cella_err_set(err, EEXIST, "api-sock: %s already exists (a stale socket of an "
-						    "earlier run? remove it first)", path)
+	int moved = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+	if (moved < 0 && errno == EEXIST && stale_socket(path)) {
+		log_warn("api-sock: removing %s, a socket nobody listens on (left by a killed cella-vmm?)", path);
+		if (unlink(path) == 0)
+			moved = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+		else
+			errno = EEXIST;
+	}
+	if (moved < 0) {
+		r = errno == EEXIST ? cella_err_set(err, EEXIST, "api-sock: %s already exists (and is not a stale "
+						    "socket); remove it or choose another path", path)
 				    : cella_err_sys(err, errno, "api-sock: %s", path);
 		goto fail_unlink;
 	}
