@@ -7,7 +7,10 @@
  * tasks land in the container's own cgroups (criu runs in them and gets them as cgroup roots),
  * the restored tree is our sibling's (rst_sibling: the init becomes our child, as after create),
  * a terminal's master comes back through the "orphan-pts-master" notification and goes to
- * --console-socket. A checkpoint without --leave-running destroys the container afterwards. */
+ * --console-socket. The init's stdio is recorded in descriptors.json beside the images; stdio pipes
+ * are inherited on restore from restore's own fds 0-2 (the caller's new pipes: containerd's shim
+ * and conmon hand over pipes). A checkpoint without --leave-running destroys the container
+ * afterwards. */
 #include "runtime/container.h"
 
 #include "base/err.h"
@@ -271,6 +274,9 @@ struct cr_common {
 	CriuCgroupRoot *cgr;
 	CriuCgroupRoot **cgr_ptr;
 	char **cg_lines;        /* storage for cg_root strings */
+	CriuInheritFd inh[3];
+	CriuInheritFd *inh_ptr[3];
+	char *stdio[3];         /* descriptors.json entries (restore) */
 	int image_fd, work_fd;
 };
 
@@ -281,6 +287,8 @@ static void cr_common_free(struct cr_common *c)
 	free(c->cgr);
 	free(c->cgr_ptr);
 	cella_strv_free(c->cg_lines);
+	for (int i = 0; i < 3; i++)
+		free(c->stdio[i]);
 	if (c->image_fd >= 0)
 		close(c->image_fd);
 	if (c->work_fd >= 0 && c->work_fd != c->image_fd)
@@ -382,6 +390,68 @@ static int cr_common_init(struct cr_common *c, const struct container_cr_opts *o
 	return 0;
 }
 
+#define DESCRIPTORS "descriptors.json"
+
+/* Records where the init's fds 0-2 point (readlink of /proc/PID/fd/N, e.g. "pipe:[123]"). */
+static int save_descriptors(int image_fd, pid_t pid, struct cella_err *err)
+{
+	json_t *a = json_array();
+	for (int i = 0; i < 3; i++) {
+		char path[64], target[PATH_MAX];
+		snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, i);
+		ssize_t n = readlink(path, target, sizeof(target) - 1);
+		target[n > 0 ? n : 0] = 0;
+		json_array_append_new(a, json_string(target));
+	}
+	char *text = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	if (!text)
+		return cella_err_set(err, ENOMEM, DESCRIPTORS);
+	int fd = openat(image_fd, DESCRIPTORS, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int r = fd < 0 || cella_write_all(fd, text, strlen(text)) < 0
+			? cella_err_sys(err, errno, "write %s in the image path", DESCRIPTORS)
+			: 0;
+	if (fd >= 0)
+		close(fd);
+	free(text);
+	return r;
+}
+
+/* Stdio pipes of the checkpointed init become our own fds 0-2 (criu inherits them). */
+static int inherit_stdio(struct cr_common *c, struct cella_err *err)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	struct cella_err e = { 0 };
+	if (cella_read_file_at(c->image_fd, DESCRIPTORS, 1 << 16, &text, &len, &e) < 0)
+		return 0; /* an image from elsewhere: criu recreates what it dumped */
+	json_t *a = json_loads(text, 0, NULL);
+	if (!json_is_array(a) || json_array_size(a) != 3) {
+		json_decref(a);
+		return cella_err_set(err, EINVAL, "%s in the image path: expected an array of 3 strings", DESCRIPTORS);
+	}
+	size_t n = 0;
+	for (int i = 0; i < 3; i++) {
+		const char *s = json_string_value(json_array_get(a, (size_t)i));
+		if (!s || strncmp(s, "pipe:", 5))
+			continue;
+		c->stdio[i] = strdup(s);
+		if (!c->stdio[i]) {
+			json_decref(a);
+			return cella_err_set(err, ENOMEM, DESCRIPTORS);
+		}
+		criu_inherit_fd__init(&c->inh[n]);
+		c->inh[n].key = c->stdio[i];
+		c->inh[n].fd = i;
+		c->inh_ptr[n] = &c->inh[n];
+		n++;
+	}
+	json_decref(a);
+	c->opts.n_inherit_fd = n;
+	c->opts.inherit_fd = c->inh_ptr;
+	return 0;
+}
+
 /* Namespaces joined by path are not part of the container's image: not handled (yet). */
 static int check_namespaces(const struct oci_config *cfg, struct cella_err *err)
 {
@@ -404,6 +474,9 @@ int container_checkpoint(const struct cella_runtime *rt, const char *id, const s
 	_cleanup_free_ char *config_path = NULL;
 	memset(&c, 0, sizeof(c));
 	c.image_fd = c.work_fd = -1;
+	CriuCgMode mode;
+	if (o->manage_cgroups_mode && cg_mode(o->manage_cgroups_mode, &mode, err) < 0)
+		return -EINVAL;
 	int r = state_load(rt, id, &st, err);
 	if (r < 0)
 		return r;
@@ -426,6 +499,8 @@ int container_checkpoint(const struct cella_runtime *rt, const char *id, const s
 	c.opts.pid = st->pid;
 	c.opts.root = st->rootfs;
 	c.opts.has_leave_running = c.opts.leave_running = o->leave_running;
+	if ((r = save_descriptors(c.image_fd, st->pid, err)) < 0)
+		goto out;
 	conn.work_fd = c.work_fd;
 	conn.work_path = o->work_path && *o->work_path ? o->work_path : o->image_path;
 	r = criu_start(&conn, NULL, err);
@@ -524,6 +599,9 @@ int container_restore(const struct cella_runtime *rt, const struct container_res
 	int r = container_validate_id(ro->id, err);
 	if (r < 0)
 		return r;
+	_cleanup_free_ char *existing = state_dir(rt, ro->id);
+	if (existing && access(existing, F_OK) == 0)
+		return cella_err_set(err, EEXIST, "container with given ID already exists: %s", ro->id);
 	if (!realpath(ro->bundle && *ro->bundle ? ro->bundle : ".", bundle))
 		return cella_err_sys(err, errno, "bundle %s", ro->bundle ? ro->bundle : ".");
 	config_path = cella_path_join(bundle, "config.json");
@@ -537,7 +615,8 @@ int container_restore(const struct cella_runtime *rt, const struct container_res
 		r = cella_err_sys(err, root ? errno : ENOMEM, "root.path %s", cfg->root.path);
 		goto fail;
 	}
-	if ((r = check_namespaces(cfg, err)) < 0 || (r = cr_common_init(&c, o, cfg, bundle, false, err)) < 0)
+	if ((r = check_namespaces(cfg, err)) < 0 || (r = cr_common_init(&c, o, cfg, bundle, false, err)) < 0 ||
+	    (r = inherit_stdio(&c, err)) < 0)
 		goto fail;
 	if (cfg->process.terminal) {
 		if (!ro->console_socket) {

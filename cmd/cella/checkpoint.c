@@ -41,8 +41,12 @@ static int parse(int argc, char **argv, bool restore, struct container_restore_o
 		bool on = val && !strcmp(val, "true");
 		if (id == -2)
 			return -EINVAL;
-		if ((restore && id == O_LEAVE) || (!restore && id >= O_BUNDLE))
-			return cella_err_set(err, EINVAL, "flag provided but not defined: %s", argv[i - 1]);
+		if ((restore && id == O_LEAVE) || (!restore && id >= O_BUNDLE)) {
+			const struct opt *o2 = cr_opts;
+			while (o2->id != id)
+				o2++;
+			return cella_err_set(err, EINVAL, "flag provided but not defined: --%s", o2->name);
+		}
 		switch (id) {
 		case 0:
 			if (o->id)
