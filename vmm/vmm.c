@@ -544,6 +544,9 @@ static json_t *config_json(const struct vmm *m, const struct vmm_config *cfg)
 						      limiter_json(&cfg->nets[i].rl)));
 	}
 	json_object_set_new(j, "network-interfaces", nets);
+	json_object_set_new(j, "vsock", cfg->vsock_cid ? json_pack("{s:I, s:s}", "guest_cid", (json_int_t)cfg->vsock_cid,
+								   "uds_path", cfg->vsock_uds ? cfg->vsock_uds : "")
+						       : json_null());
 	return j;
 }
 
@@ -882,7 +885,15 @@ static int do_action(struct vmm *m, struct api_action *a, char **body, struct ce
 	case API_PATCH_NET:
 		return patch_net(m, a, err);
 	case API_PUT_VSOCK:
-		return cella_err_set(err, ENOSYS, "vsock: this build has no virtio-vsock backend (--vsock)"), 501;
+		if (a->vsock.guest_cid >= UINT32_MAX)
+			return cella_err_set(err, EINVAL, "vsock.guest_cid: %u is reserved", a->vsock.guest_cid), 400;
+		if (strlen(a->vsock.uds_path) > VMM_VSOCK_UDS_MAX)
+			return cella_err_set(err, ENAMETOOLONG, "vsock.uds_path: %zu bytes, at most %d (room is kept for "
+					     "\"_PORT\")", strlen(a->vsock.uds_path), VMM_VSOCK_UDS_MAX), 400;
+		free(cfg->vsock_uds);
+		cfg->vsock_uds = TAKE_PTR(a->vsock.uds_path);
+		cfg->vsock_cid = a->vsock.guest_cid;
+		return 204;
 	case API_INSTANCE_START:
 		if (!cfg->kernel)
 			return cella_err_set(err, EINVAL, "InstanceStart: no kernel configured (PUT /boot-source first)"),

@@ -210,8 +210,8 @@ def test_state_machine_refusals(vmm, guests, tmp_path):
     v.fault("PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 0}, 400, "mem_size_mib")
     v.fault("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "a/b"}, 400,
             "not a valid interface name")
-    # backends that are not in this build: 501 naming what is missing
-    v.fault("PUT", "/vsock", {"guest_cid": 3, "uds_path": str(tmp_path / "v.sock")}, 501, "virtio-vsock")
+    v.fault("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/" + "v" * 100}, 400, "at most 95")
+    v.fault("PUT", "/vsock", {"guest_cid": 2, "uds_path": "/tmp/v"}, 400, "reserved")
     # a kernel the loader refuses: 400 and still not started
     bad = tmp_path / "empty.bin"
     bad.write_bytes(b"")
@@ -566,6 +566,22 @@ def test_network_interfaces_and_runtime_rate_limits(vmm, guests):
     nics = [d for d in dev.values() if isinstance(d, dict) and d.get("device_id") == 1]
     assert len(nics) == 2 and all(n["tx_packets"] == 0 and n["rx_dropped"] >= 0 for n in nics), dev
     v.stop(expect=128 + signal.SIGTERM)
+
+
+def test_vsock(vmm, guests, tmp_path):
+    v = vmm()
+    uds = str(tmp_path / "v.sock")
+    v.ok("PUT", "/vsock", {"guest_cid": 7, "uds_path": uds})
+    assert v.ok("GET", "/")["config"]["vsock"] == {"guest_cid": 7, "uds_path": uds}
+    configure(v, guests["count.bin"])
+    v.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    v.wait_lines(2)
+    assert stat.S_ISSOCK(os.stat(uds).st_mode), "the vsock device listens on uds_path"
+    dev = v.ok("GET", "/metrics")["devices"]
+    assert [k for k, d in dev.items() if isinstance(d, dict) and d.get("device_id") == 19], dev
+    v.fault("PUT", "/vsock", {"guest_cid": 8, "uds_path": uds}, 409)
+    v.stop(expect=128 + signal.SIGTERM)
+    assert not os.path.exists(uds)
 
 
 def test_curl_drives_the_api(vmm, guests):
