@@ -7,13 +7,14 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import BUILD, REPO, need_root
-from clients import rmdir_deepest_first
+from clients import mounts_under, rmdir_deepest_first
 
 CELLA = BUILD / "cella"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -78,8 +79,8 @@ class Runtime:
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        # A container root in a user namespace (host uid 100000) must reach the bundle: pytest's
-        # directories are 0700.
+        # A container root in a user namespace (host uid 100000) must reach the bundle: make
+        # the directory (mkdtemp: 0700) and its parents searchable.
         for d in [tmp, *tmp.parents]:
             if str(d) in ("/", "/tmp"):
                 break
@@ -210,21 +211,28 @@ def check_leaks(rt: Runtime, mounts_before, pidns_before):
 
 
 @pytest.fixture
-def rt(tmp_path):
+def rt():
     need_root()
     if not CELLA.exists():
         pytest.skip(f"{CELLA} not built")
     base_bundle()
     mounts_before = mountinfo()
     pidns_before = set(pid_namespaces())
-    r = Runtime(tmp_path)
-    yield r
-    problems = check_leaks(r, mounts_before, pidns_before)
-    if problems:
-        r.force_cleanup()
-        for cid in r.cgroup_names:
-            rmdir_deepest_first(cgroup_dirs_named({cid}))
-        pytest.fail("leaks after test: " + "; ".join(problems))
+    # Directly under /tmp, not pytest's tmp_path: a container root in a user namespace must
+    # search the bundle's parents, and any other pytest session starting on this host resets
+    # /tmp/pytest-of-USER to 0700 (a userns test then fails with EACCES on its rootfs).
+    r = Runtime(Path(tempfile.mkdtemp(prefix="cellatest-rt-", dir="/tmp")))
+    try:
+        yield r
+        problems = check_leaks(r, mounts_before, pidns_before)
+        if problems:
+            r.force_cleanup()
+            for cid in r.cgroup_names:
+                rmdir_deepest_first(cgroup_dirs_named({cid}))
+            pytest.fail("leaks after test: " + "; ".join(problems))
+    finally:
+        if not mounts_under(r.tmp):
+            shutil.rmtree(r.tmp, ignore_errors=True)
 
 
 def status_field(text, key):
