@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,6 +436,11 @@ static int inherit_stdio(struct cr_common *c, struct cella_err *err)
 		const char *s = json_string_value(json_array_get(a, (size_t)i));
 		if (!s || strncmp(s, "pipe:", 5))
 			continue;
+		bool seen = false; /* 2>&1: one pipe on two fds is one key, criu takes its first fd */
+		for (size_t k = 0; k < n; k++)
+			seen |= !strcmp(c->inh[k].key, s);
+		if (seen)
+			continue;
 		c->stdio[i] = strdup(s);
 		if (!c->stdio[i]) {
 			json_decref(a);
@@ -484,6 +490,11 @@ int container_checkpoint(const struct cella_runtime *rt, const char *id, const s
 	if (s != STATUS_RUNNING) {
 		r = cella_err_set(err, EINVAL, "cannot checkpoint container %s: it is %s, not running", id,
 				  state_status_name(s));
+		goto out;
+	}
+	/* criu seizes the tasks with ptrace itself; frozen ones would not stop for it. */
+	if (state_paused(st)) {
+		r = cella_err_set(err, EINVAL, "cannot checkpoint container %s: it is paused (resume it first)", id);
 		goto out;
 	}
 	config_path = cella_path_join(st->bundle, "config.json");
