@@ -66,7 +66,7 @@ def wait_count(data, above, timeout=10):
     raise AssertionError(f"count never went above {above}")
 
 
-def test_checkpoint_needs_criu(rt, tmp_path):
+def test_checkpoint_needs_criu_and_a_running_container(rt, tmp_path):
     cid, data, b = start_counter(rt, tmp_path)
     try:
         n = wait_count(data, 0)
@@ -76,6 +76,10 @@ def test_checkpoint_needs_criu(rt, tmp_path):
         assert "criu not found in PATH: checkpoint and restore need CRIU (Debian package criu)" in r.stderr, r
         r = rt.cmd("restore", "--image-path", tmp_path / "img", "--bundle", b, "-d", rt.new_id(), env=env)
         assert r.returncode == 1 and "criu not found in PATH" in r.stderr, r
+        rt.ok("pause", cid)
+        r = rt.cmd("checkpoint", "--image-path", tmp_path / "img", cid)
+        assert r.returncode == 1 and f"cannot checkpoint container {cid}: it is paused (resume it first)" in r.stderr, r
+        rt.ok("resume", cid)
         # Untouched: still running and counting.
         assert rt.state(cid)["status"] == "running"
         wait_count(data, n)
