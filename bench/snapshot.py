@@ -16,7 +16,7 @@ QEMU (migration to a file, the way QEMU saves a VM to disk), medians over severa
     peer, same kernel, initrd, command line, memory).
       create   as in (a); QEMU's monitor is HMP over a pipe chardev.
       restore  spawn to the guest's answer to a command typed on its console ("echo pong-$((6*7))",
-               typed every 10 ms until "pong-42" appears, because QEMU may drop input that arrives
+               typed every 100 ms until "pong-42" appears, because QEMU drops input that arrives
                before its incoming migration finished), measured by bench/benchtime.
     Absolute times in the sandbox are those of nested KVM on an emulated CPU; the ratios are what
     counts there.
@@ -319,11 +319,12 @@ def sandbox_part(runs, sizes, timeout):
             log(f"skip sandbox part: {os.path.relpath(f, TOP)} missing (make; bench/run builds benchtime)")
             return
     script = f"RUNS={runs}\nSIZES='{' '.join(str(s) for s in sizes)}'\n" + SCRIPT
-    # the typed probe, every 10 ms until the answer is in /tmp/o (benchtime's copy of the output)
+    # the typed probe, every 100 ms until the answer is in /tmp/o (benchtime's copy of the output):
+    # a probe typed before QEMU's incoming migration is done is lost, cella-vmm's first one is answered
     feed = os.path.join(WORK, "feed.sh")
     with open(feed, "w") as f:
         f.write("#!/bin/sh\ni=0\nwhile ! grep -q pong-42 /tmp/o 2>/dev/null && [ $i -lt 3000 ]; do\n"
-                "  printf 'echo pong-$((6*7))\\n'; sleep 0.01; i=$((i+1))\ndone\nprintf 'exit 0\\n'\n")
+                "  printf 'echo pong-$((6*7))\\n'; sleep 0.1; i=$((i+1))\ndone\nprintf 'exit 0\\n'\n")
     os.chmod(feed, 0o755)
     logpath = os.path.join(WORK, "sandbox.log")
     log(f"(b) nested sandbox, Linux guest kit, 1 vCPU, {'/'.join(f'{s} MiB' for s in sizes)}, median of {runs} "
@@ -333,11 +334,14 @@ def sandbox_part(runs, sizes, timeout):
             status, output = sandbox.run(script, files=[(bt, "/bench/benchtime"), (feed, "/bench/feed.sh")], with_qemu=True,
                                          timeout=timeout, memory=4096, stream=lf)
         except sandbox.SandboxError as e:
-            lf.write(e.output or "")
-            if "\nDONE\n" not in (e.output or ""):
-                log(f"  sandbox failed: {e}")
-                return
-            output = e.output
+            # keep what was measured before the sandbox ended (its raw log has every line)
+            output = e.output or open(logpath).read()
+            if "\nDONE\n" not in output:
+                log(f"  note: the sandbox ended early ({e}); figures below are the runs that completed")
+    report_sandbox(output, sizes)
+
+
+def report_sandbox(output, sizes):
     create, restore, sizes_kb, notes = {}, {}, {}, []
     for line in output.splitlines():
         a = line.split()
@@ -374,12 +378,16 @@ def sandbox_part(runs, sizes, timeout):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=int(os.environ.get("BENCH_SNAPSHOT_RUNS", "5")))
+    ap.add_argument("-n", type=int, default=int(os.environ.get("BENCH_SNAPSHOT_RUNS", "3")))
     ap.add_argument("--sizes", default="256,1024")
     ap.add_argument("--no-sandbox", action="store_true")
     ap.add_argument("--no-host", action="store_true")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--timeout", type=float, default=2400)
+    ap.add_argument("--parse", metavar="LOG", help="only report the sandbox part from a saved raw log")
     args = ap.parse_args()
+    if args.parse:
+        report_sandbox(open(args.parse).read(), [int(x) for x in args.sizes.split(",")])
+        return 0
     os.makedirs(WORK, exist_ok=True)
     if not os.access(VMM, os.X_OK):
         log("skip snapshot bench: build/cella-vmm not built (make)")

@@ -7,6 +7,8 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -456,6 +458,47 @@ static void test_limit_and_reset(void)
 	v = saved;
 }
 
+/* Out of fds: accept fails, the listener is paused (no busy loop) and comes back on a timer tick. */
+static void test_accept_emfile(void)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", uds);
+	int probe = dup(0);
+	struct rlimit old, low;
+	getrlimit(RLIMIT_NOFILE, &old);
+	low = old;
+	low.rlim_cur = (rlim_t)probe; /* probe is the lowest free fd: with this limit no new fd can be had */
+	close(probe);
+	TAP_OK(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "client connected (in the backlog)");
+	unsigned before = stats().conns;
+	setrlimit(RLIMIT_NOFILE, &low);
+	int listener_ready = 0;
+	for (int i = 0; i < 20; i++) { /* a listener still watched would be ready again each round */
+		vsock_run(v);
+		struct epoll_event evs[8];
+		int n = epoll_wait(vsock_fd(v), evs, 8, 0);
+		for (int k = 0; k < n; k++)
+			listener_ready += evs[k].data.u64 == 1; /* once at most: a timer tick re-adds it */
+	}
+	setrlimit(RLIMIT_NOFILE, &old);
+	TAP_OK(stats().conns == before && listener_ready <= 1,
+	       "EMFILE on accept: listener paused, not polled (ready %d times in 20 rounds)", listener_ready);
+	bool back = false;
+	for (int i = 0; i < 100 && !back; i++) {
+		usleep(10000);
+		vsock_run(v);
+		back = stats().conns == before + 1;
+	}
+	TAP_OK(back, "after a timer tick the client is accepted");
+	close(fd);
+	for (int i = 0; i < 50 && stats().conns != before; i++) {
+		usleep(2000);
+		vsock_run(v);
+	}
+	TAP_OK(stats().conns == before, "and freed when it leaves");
+}
+
 int main(void)
 {
 	struct cella_err err = { 0 };
@@ -497,10 +540,11 @@ int main(void)
 	TAP_OK(vd_rd(VIRTIO_MMIO_STATUS) == 0xf, "driver OK with 3 queues");
 	vd_rx_post(32);
 
+	test_accept_emfile(); /* first: no connection and no timer yet */
 	test_host_to_guest();
 	test_guest_to_host();
 	test_malformed();
-	test_limit_and_reset();
+	test_limit_and_reset(); /* leaves v without a transport */
 
 	vsock_free(v);
 	virtio_mmio_destroy(&vd_t);

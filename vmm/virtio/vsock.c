@@ -79,7 +79,7 @@ struct vsock {
 	int (*connect)(void *ctx, uint32_t port);
 	void *connect_ctx;
 	int listen_fd, epoll_fd, timer_fd;
-	bool timer_armed;
+	bool timer_armed, listen_paused;
 	struct virtio_mmio *t;
 	struct conn *conns[VSOCK_MAX_CONNS]; /* dense: [0, nconns) */
 	unsigned nconns, rr, max_conns;
@@ -759,8 +759,15 @@ static void host_accept(struct vsock *v)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
-				vlog(v, "accept on %s: %s", v->uds, strerror(errno));
+			if (errno != EAGAIN && errno != EWOULDBLOCK) {
+				/* out of fds or memory: the listener stays readable, so rather than spin, stop
+				 * watching it until the next timer tick */
+				vlog(v, "accept on %s: %s; pausing the listener", v->uds, strerror(errno));
+				if (epoll_ctl(v->epoll_fd, EPOLL_CTL_DEL, v->listen_fd, NULL) == 0) {
+					v->listen_paused = true;
+					arm_timer(v, true);
+				}
+			}
 			return;
 		}
 		struct conn *c = conn_new(v, fd);
@@ -882,6 +889,13 @@ static void check_deadlines(struct vsock *v)
 		log_debug("virtio-vsock: port %" PRIu32 " <-> guest port %" PRIu32 ": timed out in state %d", c->local_port,
 			  c->peer_port, (int)c->state);
 		conn_reset(v, c);
+	}
+	if (v->listen_paused) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+		if (epoll_ctl(v->epoll_fd, EPOLL_CTL_ADD, v->listen_fd, &ev) == 0)
+			v->listen_paused = false;
+		else
+			any = true;
 	}
 	arm_timer(v, any);
 }
