@@ -30,7 +30,7 @@ struct snap_sec_header {
 	uint32_t reserved;
 };
 
-_Static_assert(sizeof(struct snap_header) == 32, "header layout");
+_Static_assert(sizeof(struct snap_header) == SNAP_HEADER_BYTES, "header layout");
 _Static_assert(sizeof(struct snap_sec_header) == 40, "section header layout");
 
 static uint32_t crc(const void *p, size_t len)

@@ -16,6 +16,7 @@ struct cella_err;
 #define SNAP_MAGIC "CELLASNP"
 #define SNAP_VERSION 1u
 #define SNAP_NAME_MAX 32 /* section names, NUL included */
+#define SNAP_HEADER_BYTES 32
 #define SNAP_MAX_STATE_BYTES (64u << 20) /* a state file larger than this is refused */
 
 /* --- writing: an in-memory body, written out by snap_writer_finish --- */

@@ -249,7 +249,7 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 	if ((r = snap_writer_finish(&w, state_path, err)) < 0)
 		goto out;
 	if (stats)
-		*stats = (struct vm_snapshot_stats){ .state_bytes = w.len + 32, .memory_bytes = vm->ram_size,
+		*stats = (struct vm_snapshot_stats){ .state_bytes = w.len + SNAP_HEADER_BYTES, .memory_bytes = vm->ram_size,
 						     .written_bytes = written, .total_ns = cella_now_ns() - t0 };
 out:
 	if (r < 0)
