@@ -405,6 +405,33 @@ static void test_ratelimit(void)
 	virtio_mmio_destroy(&lt);
 	virtio_net_destroy(&ln);
 
+	/* packets per second: 2 per 100 ms; the third small frame waits for the ops bucket */
+	rl = (struct ratelimit_cfg){ .ops = { .size = 2, .refill_ms = 100 } };
+	TAP_OK(virtio_net_init(&ln, "pps", (const uint8_t *)"\x52\x54\x00\x12\x34\x59", &be, &rl, &err) == 0 &&
+		       virtio_mmio_init(&lt, &virtio_net_ops, &ln, &host, 5, &mem, &err) == 0, "pps-limited device");
+	virtio_net_attach(&ln, &lt);
+	saved = t;
+	t = lt;
+	ln.t = &t;
+	start(FULL);
+	memset(at(DATA), 0, 12);
+	for (int i = 0; i < 3; i++)
+		offer(1, (struct seg[]){ { DATA, 12, false }, { DATA + 0x1000, 60, false } }, 2);
+	virtio_net_tx(&ln);
+	int n2 = 0;
+	while (host_recv(buf, sizeof(buf)) == 72)
+		n2++;
+	TAP_OK(n2 == 2 && used_idx(1) == 2 && ln.tx_rl.blocked, "pps: two frames go, the third waits (%d sent)", n2);
+	pfd.fd = ratelimit_fd(&ln.tx_rl);
+	TAP_OK(poll(&pfd, 1, 1000) == 1, "pps: the timer fires");
+	ratelimit_timer_event(&ln.tx_rl);
+	virtio_net_tx(&ln);
+	TAP_OK(host_recv(buf, sizeof(buf)) == 72 && used_idx(1) == 3 && ln.stats.tx_dropped == 0, "pps: ... then the third");
+	wr(VIRTIO_MMIO_STATUS, 0);
+	t = saved;
+	virtio_mmio_destroy(&lt);
+	virtio_net_destroy(&ln);
+
 	/* the pace: 16 frames of 60000 bytes through 131072 bytes per 125 ms (1 MiB/s, bucket full at
 	 * the start) take (960000 - 131072) / 1048576 = 0.79 s */
 	rl = (struct ratelimit_cfg){ .bw = { .size = 131072, .refill_ms = 125 } };
