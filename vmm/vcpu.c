@@ -58,6 +58,8 @@ int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot
 	int r = x86_cpuid_for_vcpu(vm->cpuid, index, vm->ncpus, &cpuid, err);
 	if (r == 0)
 		r = x86_setup_cpuid(v->fd, cpuid, err);
+	if (r == 0 && vm->has_xcrs)
+		r = x86_setup_xcr0(v->fd, x86_cpuid_xcr0(cpuid), err);
 	if (r == 0)
 		r = x86_setup_msrs(v->fd, err);
 	if (r == 0)

@@ -76,6 +76,7 @@ int vm_open_kvm(struct vm *vm, const char *path, unsigned ncpus, struct cella_er
 	if (mmap_size < (int)sizeof(struct kvm_run))
 		return cella_err_sys(err, mmap_size < 0 ? errno : EINVAL, "%s: KVM_GET_VCPU_MMAP_SIZE", path);
 	vm->vcpu_mmap_size = (size_t)mmap_size;
+	vm->has_xcrs = ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0;
 	vm->kvm_fd = TAKE_FD(fd);
 	return 0;
 }

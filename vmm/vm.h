@@ -73,6 +73,7 @@ struct vm {
 	bool has_ioeventfd, has_irqfd; /* KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD */
 	size_t vcpu_mmap_size;
 	struct kvm_cpuid2 *cpuid; /* supported table; per-vCPU tables are derived from it */
+	bool has_xcrs;            /* KVM_CAP_XCRS: vCPUs start with XCR0 set (x86_setup_xcr0) */
 
 	/* guest memory: one host mapping; guest-physical [0, low) and, above the MMIO gap, [4G, 4G+high) */
 	uint8_t *ram;

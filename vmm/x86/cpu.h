@@ -22,6 +22,12 @@ int x86_cpuid_for_vcpu(const struct kvm_cpuid2 *supported, unsigned index, unsig
 struct kvm_cpuid_entry2 *x86_cpuid_find(struct kvm_cpuid2 *c, uint32_t function, uint32_t index);
 
 int x86_setup_cpuid(int vcpu_fd, const struct kvm_cpuid2 *cpuid, struct cella_err *err);
+/* The XCR0 a vCPU starts with: every user state component the table offers (CPUID 0xd.0 EDX:EAX,
+ * FP always), or 0 when the table has no XSAVE. Pure. */
+uint64_t x86_cpuid_xcr0(struct kvm_cpuid2 *cpuid);
+/* KVM_SET_XCRS with XCR0 = xcr0 (after x86_setup_cpuid: KVM checks it against the CPUID table);
+ * nothing when xcr0 is 0. */
+int x86_setup_xcr0(int vcpu_fd, uint64_t xcr0, struct cella_err *err);
 /* The MSRs Linux expects at boot: SYSENTER/SYSCALL targets zeroed, TSC, MISC_ENABLE fast strings,
  * MTRR default type write-back. */
 int x86_setup_msrs(int vcpu_fd, struct cella_err *err);

@@ -12,6 +12,7 @@
 
 /* Leaf 0x1 */
 #define L1_ECX_MONITOR (1u << 3)
+#define L1_ECX_XSAVE (1u << 26)
 #define L1_ECX_TSC_DEADLINE (1u << 24)
 #define L1_ECX_HYPERVISOR (1u << 31)
 #define L1_EDX_HTT (1u << 28)
@@ -207,5 +208,32 @@ int x86_setup_cpuid(int vcpu_fd, const struct kvm_cpuid2 *cpuid, struct cella_er
 {
 	if (ioctl(vcpu_fd, KVM_SET_CPUID2, cpuid) < 0)
 		return cella_err_sys(err, errno, "KVM_SET_CPUID2");
+	return 0;
+}
+
+uint64_t x86_cpuid_xcr0(struct kvm_cpuid2 *cpuid)
+{
+	struct kvm_cpuid_entry2 *l1 = x86_cpuid_find(cpuid, 0x1, 0);
+	struct kvm_cpuid_entry2 *xs = x86_cpuid_find(cpuid, 0xd, 0);
+	if (!l1 || !(l1->ecx & L1_ECX_XSAVE) || !xs)
+		return 0;
+	return ((uint64_t)xs->edx << 32 | xs->eax) | 1; /* x87 state can never be disabled */
+}
+
+/* Why XCR0 is set here and not left at its reset value 1 for the guest kernel to raise: CPUID
+ * 0xd.0 EBX (the XSAVE area size for the current XCR0) is computed by KVM from the XCR0 it knows,
+ * and it learns of the guest's own XSETBV only through an intercept. An outer hypervisor that
+ * does not forward that intercept (QEMU 7.2's TCG SVM, our nested sandbox) leaves KVM at XCR0 = 1:
+ * Linux then reads a 576-byte size for 2696 bytes of enabled state, warns "XSAVE consistency
+ * problem" with a stack trace, and falls back to FXSAVE. Starting at the full mask gives the same
+ * answer on every host; Linux enables that same mask anyway, and without CR4.OSXSAVE (real mode,
+ * tiny guests) XCR0 has no effect. */
+int x86_setup_xcr0(int vcpu_fd, uint64_t xcr0, struct cella_err *err)
+{
+	if (!xcr0)
+		return 0;
+	struct kvm_xcrs xcrs = { .nr_xcrs = 1, .xcrs = { { .xcr = 0, .value = xcr0 } } };
+	if (ioctl(vcpu_fd, KVM_SET_XCRS, &xcrs) < 0)
+		return cella_err_sys(err, errno, "KVM_SET_XCRS (XCR0 = 0x%llx)", (unsigned long long)xcr0);
 	return 0;
 }
