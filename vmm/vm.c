@@ -86,9 +86,13 @@ int vm_alloc_ram(struct vm *vm, uint64_t size, struct cella_err *err)
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return cella_err_sys(err, errno, "guest memory: mmap of %" PRIu64 " MiB", size >> 20);
-	/* Guest memory backs a whole machine: keep it out of core dumps; huge pages where possible. */
+	/* Guest memory backs a whole machine: keep it out of core dumps; huge pages where they pay. A
+	 * small guest (a tiny test binary, a few MiB) gains little from 2 MiB pages, while the first
+	 * touch of one can stall in compaction (THP defrag "madvise") and adds 2 MiB of RSS: measured
+	 * on this host, peak RSS 2.9 MiB with the advice, 0.9 MiB without, for a 16 MiB guest. */
 	madvise(p, size, MADV_DONTDUMP);
-	madvise(p, size, MADV_HUGEPAGE);
+	if (size >= VM_HUGEPAGE_MIN)
+		madvise(p, size, MADV_HUGEPAGE);
 	vm->ram = p;
 	vm->ram_size = size;
 	return 0;

@@ -117,6 +117,9 @@ struct vm {
 	char end_reason[256];
 };
 
+/* Guests with at least this much RAM get MADV_HUGEPAGE (see vm_alloc_ram). */
+#define VM_HUGEPAGE_MIN (64ull << 20)
+
 /* vm.c */
 /* Opens the KVM device and checks the API version and capabilities the VMM needs. */
 int vm_open_kvm(struct vm *vm, const char *path, unsigned ncpus, struct cella_err *err);
