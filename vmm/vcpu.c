@@ -338,13 +338,21 @@ int vcpus_start(struct vm *vm, struct cella_err *err)
 	return r;
 }
 
-/* Kicks every running vCPU and reaps the threads that have left. Polls with a monotonic sleep (no
- * wall-clock deadlines: the guest of a nested sandbox may see its wall clock jump). Gives up after
+/* Kicks every running vCPU and reaps the threads as they leave: each join waits on a monotonic
+ * deadline (no wall-clock deadlines: the guest of a nested sandbox may see its wall clock jump) and
+ * returns the moment the thread ends, so a normal stop costs no sleep. Gives up after
  * VCPU_STOP_GIVE_UP_MS with the stuck vCPUs logged: returns false, and the caller must then leave
  * the vCPUs' resources alone (the process is about to exit and takes the threads with it). */
-#define VCPU_STOP_POLL_MS 5
+#define VCPU_STOP_KICK_MS 20
 #define VCPU_STOP_WARN_MS 1000
 #define VCPU_STOP_GIVE_UP_MS 10000
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 bool vcpus_stop(struct vm *vm)
 {
@@ -353,34 +361,43 @@ bool vcpus_stop(struct vm *vm)
 	pthread_mutex_lock(&vm->pause_lock);
 	pthread_cond_broadcast(&vm->pause_cond);
 	pthread_mutex_unlock(&vm->pause_lock);
-	for (unsigned waited = 0;; waited += VCPU_STOP_POLL_MS) {
-		bool left = false;
-		for (unsigned i = 0; i < vm->ncpus; i++) {
-			struct vcpu *v = &vm->vcpus[i];
-			if (!v->thread_started)
-				continue;
-			if (pthread_tryjoin_np(v->thread, NULL) == 0) {
-				v->thread_started = false;
-				continue;
+	for (unsigned i = 0; i < vm->ncpus; i++)
+		if (vm->vcpus[i].thread_started)
+			vcpu_kick(&vm->vcpus[i]);
+	uint64_t start = mono_ms();
+	bool warned = false;
+	for (unsigned i = 0; i < vm->ncpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		while (v->thread_started) {
+			struct timespec deadline;
+			clock_gettime(CLOCK_MONOTONIC, &deadline);
+			deadline.tv_nsec += VCPU_STOP_KICK_MS * 1000000L;
+			if (deadline.tv_nsec >= 1000000000L) {
+				deadline.tv_sec++;
+				deadline.tv_nsec -= 1000000000L;
 			}
-			left = true;
-			/* Kick every 20 ms: immediate_exit for a thread about to enter KVM_RUN, the signal
-			 * for one inside it. */
-			if (waited % 20 == 0)
-				vcpu_kick(v);
-			if (waited == VCPU_STOP_WARN_MS)
-				log_warn("vcpu%u: still running %u ms after the stop request; kicking again", i, waited);
+			if (pthread_clockjoin_np(v->thread, NULL, CLOCK_MONOTONIC, &deadline) == 0) {
+				v->thread_started = false;
+				break;
+			}
+			uint64_t waited = mono_ms() - start;
+			if (waited >= VCPU_STOP_GIVE_UP_MS) {
+				for (unsigned j = i; j < vm->ncpus; j++)
+					if (vm->vcpus[j].thread_started)
+						log_error("vcpu%u: did not leave KVM_RUN within %u ms of the stop request; "
+							  "abandoning it", j, (unsigned)waited);
+				return false;
+			}
+			if (waited >= VCPU_STOP_WARN_MS && !warned) {
+				log_warn("vcpu%u: still running %u ms after the stop request; kicking again", i,
+					 (unsigned)waited);
+				warned = true;
+			}
+			/* Kick again: a signal may have landed just before a thread entered KVM_RUN. */
+			for (unsigned j = i; j < vm->ncpus; j++)
+				if (vm->vcpus[j].thread_started)
+					vcpu_kick(&vm->vcpus[j]);
 		}
-		if (!left)
-			return true;
-		if (waited >= VCPU_STOP_GIVE_UP_MS) {
-			for (unsigned i = 0; i < vm->ncpus; i++)
-				if (vm->vcpus[i].thread_started)
-					log_error("vcpu%u: did not leave KVM_RUN within %u ms of the stop request; "
-						  "abandoning it", i, waited);
-			return false;
-		}
-		struct timespec ts = { .tv_nsec = VCPU_STOP_POLL_MS * 1000 * 1000 };
-		nanosleep(&ts, NULL);
 	}
+	return true;
 }
