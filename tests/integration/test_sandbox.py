@@ -106,6 +106,35 @@ def test_line_typed_on_stdin_runs_in_guest_shell(sections):
     assert "qemu-status=0" in s
 
 
+def test_frozen_sandbox_fails_fast_with_qemus_view(tmp_path, monkeypatch):
+    """A sandbox whose kernel stops sending heartbeats is reported as frozen within `stall`
+    seconds (not at the timeout), with QEMU's threads and vCPU registers; QEMU and the temp
+    files are gone afterwards. Simulated by stopping the heartbeat loop: a real freeze stops
+    every process, the loop included."""
+    if not shutil.which(sandbox.QEMU):
+        pytest.skip(f"{sandbox.QEMU} not installed (Debian package qemu-system-x86)")
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(sandbox.SandboxError) as e:
+        sandbox.run("sleep 3; kill -STOP $(cat /sandbox/heartbeat.pid); echo stopped; sleep 300",
+                    timeout=400, stall=10)
+    msg = str(e.value)
+    m = re.match(r"sandbox froze after (\d+) s: no heartbeat from the sandbox kernel for 10 s", msg)
+    assert m, msg
+    assert int(m.group(1)) < 120, msg  # counted from QEMU's start: boot + 3 s + 10 s, not 400 s
+    assert re.search(r"^hb [0-9.]+ ", msg, re.M), msg            # the last heartbeats
+    # QEMU's vCPU thread: "CPU 0/TCG" (MTTCG) or "ALL CPUs/TCG" (thread=single)
+    assert re.search(r"^  \d+ (CPU 0|ALL CPUs)/TCG [RSD] \d+% ", msg, re.M), msg
+    assert re.search(r"^  CPU#0 RIP=[0-9a-f]+ CPL=0 HLT=[01]$", msg, re.M), msg
+    assert "stopped" in e.value.output
+    assert list(tmp_path.iterdir()) == []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def test_timeout_kills_qemu_and_removes_temp_files(tmp_path, monkeypatch):
     if not shutil.which(sandbox.QEMU):
         pytest.skip(f"{sandbox.QEMU} not installed (Debian package qemu-system-x86)")

@@ -11,18 +11,24 @@ Inside the sandbox (an initramfs, everything in RAM):
   /sandbox/script.sh     the script, run by /bin/sh in /tmp
 
 API:
-  run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, stream=None)
-      -> (status, output)
+  run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
+      accel=None, stall=None) -> (status, output)
     script     shell text run with /bin/sh inside the sandbox
     files      iterable of (src, dst): host file (or directory, recursively) src is put at
                absolute path dst inside
     with_qemu  also ship the host's qemu-system-x86_64, its libraries and x86 firmware
-    timeout    seconds for the whole boot-run-poweroff; then QEMU is killed
+    timeout    seconds for the whole boot-run-poweroff (counted once the host-wide lock is
+               held); then QEMU is killed
+    cpus       sandbox vCPUs (default CPUS); accel: QEMU -accel (default ACCEL)
+    stall      seconds without the sandbox kernel's heartbeat after which the sandbox counts as
+               frozen (default STALL): fails at once with QEMU's view of the freeze
     stream     optional text file: the script's output is written there as it arrives
   status is the script's exit status; output is what it printed on the console (stdout and
   stderr merged, CRLF turned into LF, boot noise before cella-init's marker removed).
   Raises SandboxError (with .output, the whole console log) when the sandbox itself fails:
-  QEMU missing, kit build failure, timeout, or no exit-status marker (e.g. a kernel panic).
+  QEMU missing, kit build failure, timeout, freeze ("sandbox froze after N s: no heartbeat
+  ..." with the last heartbeats, QEMU's thread states and each vCPU's RIP/CPL/HLT), or no
+  exit-status marker (e.g. a kernel panic).
 
   available() -> (bool, reason)   whether a sandbox can run here (for pytest skips)
   kit() -> dict                   the guest kit's paths (name -> path), built if needed
@@ -35,6 +41,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -45,13 +52,28 @@ CACHE = os.environ.get("CELLA_CACHE", "/var/cache/cella")
 QEMU = "qemu-system-x86_64"
 VMM_STATIC = os.path.join(TOP, "build", "cella-vmm-static")
 READY_RE = re.compile(r"CELLA-INIT-READY uptime=\S*\n")
-# TCG mode. Open problem (issue 3): with MTTCG (QEMU 7.2's default) the sandbox froze in 5 of 6
-# runs of the multi-vCPU tiny-guest loops, with thread=single in 0 of 6; but under thread=single
-# nested Linux guests hang (2-vCPU boot and the following 1-vCPU reboot case timed out in CI),
-# so only the tiny-guest batch asks for SINGLE_THREAD. The env knob overrides both.
+# The sandbox machine: TCG, one vCPU. Why one (trials in docs/ARCHITECTURE.md, "The nested
+# sandbox"): with two vCPUs under QEMU 7.2's multi-threaded TCG the whole sandbox froze in most
+# boots of the multi-vCPU tiny-guest loops (nothing runs, not even its timers); with two vCPUs
+# under thread=single, QEMU runs them round-robin in 100 ms slices, nested guests fail their LAPIC
+# timer calibration ("APIC timer disabled due to verification failure") and a 2-vCPU nested Linux
+# ended with both vCPUs halted, waiting for a tick that never came. With one vCPU there is one TCG
+# thread (the threading mode makes no difference) and neither happened. The env knobs are for
+# experiments.
 ACCEL = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg")
+# Kept for batches that still name it: with one vCPU it is the same machine as ACCEL.
 SINGLE_THREAD = os.environ.get("CELLA_SANDBOX_ACCEL", "tcg,thread=single")
+CPU = os.environ.get("CELLA_SANDBOX_CPU", "max")
+CPUS = int(os.environ.get("CELLA_SANDBOX_CPUS", "1"))
 EXTRA_APPEND = os.environ.get("CELLA_SANDBOX_APPEND", "")
+# The sandbox kernel's heartbeat: a background loop in the sandbox writes its uptime and load to
+# the second serial port every HEARTBEAT_EVERY s. No heartbeat for `stall` s means the sandbox
+# froze (a frozen TCG machine runs no timers, so no timeout inside it fires either): run()
+# collects QEMU's view (vCPU registers, thread states) and fails at once instead of waiting for
+# the whole timeout.
+HEARTBEAT_EVERY = 2
+BOOT_WAIT = 180
+STALL = float(os.environ.get("CELLA_SANDBOX_STALL", "60"))
 # Sandboxes run one at a time per host: two TCG machines on 2 cores starve each other into
 # timeouts. The timeout counts from when the lock is held.
 LOCK = os.environ.get("CELLA_SANDBOX_LOCK", "/run/lock/cella-sandbox.lock")
@@ -216,11 +238,18 @@ def _qemu_segment():
     return _segment("qemu", key, build)
 
 
+# Runs in the sandbox before the script: the heartbeat loop (see HEARTBEAT_EVERY), on the second
+# serial port so it never mixes with the script's output.
+HEARTBEAT_SH = (b"(while :; do echo \"hb $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f1-4 /proc/loadavg)\""
+                b" >/dev/ttyS1; sleep %d; done) </dev/null >/dev/null 2>&1 &\n"
+                b"echo $! >/sandbox/heartbeat.pid\n" % HEARTBEAT_EVERY)
+
+
 def _run_segment(path, script, files, nonce):
     with open(path, "wb") as f:
         c = Cpio(f)
         c.data("/sandbox/script.sh", script.encode(), 0o755)
-        c.data("/sandbox/run.sh", b"cd /tmp\n/bin/sh /sandbox/script.sh\n"
+        c.data("/sandbox/run.sh", b"cd /tmp\n" + HEARTBEAT_SH + b"/bin/sh /sandbox/script.sh\n"
                b"echo \"CELLA-SANDBOX-END-%s status=$?\"\n" % nonce.encode(), 0o755)
         if os.path.exists(VMM_STATIC):
             c.file("/bin/cella-vmm", VMM_STATIC)
@@ -277,8 +306,83 @@ class _Console:
         return int(self.end.group(1)), self.text[self.start:self.end.start()]
 
 
-def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, stream=None,
-        accel=None):
+def _threads(pid):
+    """{tid: (comm, state, cpu ticks, wchan)} of a host process."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read()
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                wchan = f.read().strip() or "-"
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        rest = st[st.rindex(")") + 2:].split()
+        out[tid] = (comm, rest[0], int(rest[11]) + int(rest[12]), wchan)
+    return out
+
+
+def _monitor(path, commands, wait=5.0):
+    """Runs HMP commands on QEMU's monitor socket; returns their output, or why it could not."""
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(wait)
+        s.connect(path)
+    except OSError as e:
+        return f"(monitor: {e})"
+    text = ""
+    try:
+        buf = b""
+        for cmd in [None] + list(commands):
+            if cmd is not None:
+                s.sendall(cmd.encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"(qemu) "):
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+            if cmd is not None:
+                text += buf.decode("utf-8", "replace").replace("\r", "")
+    except OSError as e:
+        text += f"(monitor did not answer within {wait} s: {e}; QEMU's main loop is stuck)"
+    finally:
+        s.close()
+    return text
+
+
+def _freeze_report(pid, mon):
+    """What QEMU's threads and vCPUs were doing: per-thread CPU use over 2 s (a spinning vCPU
+    thread vs one blocked in a futex) and each vCPU's RIP, CPL and halt state, twice."""
+    t0 = _threads(pid)
+    regs0 = _monitor(mon, ["info registers -a"])
+    time.sleep(2)
+    t1 = _threads(pid)
+    regs1 = _monitor(mon, ["info registers -a"])
+    lines = ["QEMU threads (name state cpu%-over-2s wchan):"]
+    for tid, (comm, state, ticks, wchan) in sorted(t1.items(), key=lambda kv: int(kv[0])):
+        busy = (ticks - t0.get(tid, (0, 0, ticks))[2]) / os.sysconf("SC_CLK_TCK") / 2 * 100
+        lines.append(f"  {tid} {comm} {state} {busy:.0f}% {wchan}")
+    for label, regs in (("vCPUs", regs0), ("vCPUs 2 s later", regs1)):
+        cpus = re.findall(r"^CPU#(\d+)\n(.*?)(?=^CPU#|\Z)", regs, re.M | re.S)
+        if not cpus:
+            lines.append(f"{label}: {regs.strip()[:300]}")
+            continue
+        lines.append(f"{label}:")
+        for n, body in cpus:
+            rip = re.search(r"RIP=(\S+)", body)
+            hlt = re.search(r"HLT=(\d)", body)
+            cpl = re.search(r"CPL=(\d)", body)
+            lines.append(f"  CPU#{n} RIP={rip.group(1) if rip else '?'} CPL={cpl.group(1) if cpl else '?'} "
+                         f"HLT={hlt.group(1) if hlt else '?'}")
+    return "\n".join(lines)
+
+
+def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
+        accel=None, stall=None):
+    """See the module comment. stall: seconds without the sandbox kernel's heartbeat after which
+    the sandbox counts as frozen (default STALL); the first heartbeat may take BOOT_WAIT."""
     ok, reason = available()
     if not ok:
         raise SandboxError(reason)
@@ -286,6 +390,7 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
     segments = [k["initramfs.cpio.gz"], _kit_segment(k)]
     if with_qemu:
         segments.append(_qemu_segment())
+    stall = STALL if stall is None else stall
 
     tmp = tempfile.mkdtemp(prefix="cella-sandbox-")
     proc = None
@@ -298,33 +403,67 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=2, str
         initrd = os.path.join(tmp, "initrd")
         _concat(initrd, segments + [run_cpio])
         os.unlink(run_cpio)
+        hb_path = os.path.join(tmp, "heartbeat")
+        mon = os.path.join(tmp, "monitor")
 
-        cmd = [QEMU, "-accel", accel or ACCEL, "-cpu", "max", "-m", f"{memory}M", "-smp", str(cpus),
-               "-nographic", "-no-reboot", "-nic", "none",
+        # ttyS0 = console on stdio, ttyS1 = heartbeat file, HMP monitor on a socket.
+        cmd = [QEMU, "-accel", accel or ACCEL, "-cpu", CPU, "-m", f"{memory}M",
+               "-smp", str(cpus or CPUS), "-name", "cella-sandbox,debug-threads=on", "-nodefaults", "-display", "none", "-no-reboot",
+               "-nic", "none", "-serial", "stdio", "-serial", f"file:{hb_path}",
+               "-monitor", f"unix:{mon},server=on,wait=off",
                "-kernel", k["vmlinuz"], "-initrd", initrd,
                "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 {EXTRA_APPEND} -- /bin/sh /sandbox/run.sh"]
         lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
-        timed_out = False
+        timed_out = frozen = False
+        hb_size, hb_time, hb_last = 0, None, ""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 timed_out = True
                 break
-            if not sel.select(left):
+            try:
+                size = os.path.getsize(hb_path)
+            except OSError:
+                size = 0
+            if size != hb_size:
+                hb_size, hb_time = size, now
+            if hb_time is None and now - start > max(stall, BOOT_WAIT):
+                frozen = True  # no heartbeat at all: the sandbox kernel never got to the script
+                break
+            if hb_time is not None and now - hb_time > stall:
+                frozen = True
+                break
+            if not sel.select(min(1.0, deadline - now)):
                 continue
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
                 break
             console.feed(data.decode("utf-8", "replace"))
         sel.close()
+        if frozen:
+            try:
+                with open(hb_path, errors="replace") as f:
+                    hb_last = "".join(f.readlines()[-3:]).replace("\r", "")
+            except OSError:
+                pass
+            report = _freeze_report(proc.pid, mon)
+            what = (f"no heartbeat from the sandbox kernel for {stall:.0f} s" if hb_time is not None
+                    else f"no heartbeat from the sandbox kernel within {max(stall, BOOT_WAIT):.0f} s of start")
+            raise SandboxError(f"sandbox froze after {time.monotonic() - start:.0f} s: {what}. "
+                               f"Last heartbeats (uptime, load 1/5/15 min, running/all):\n"
+                               f"{hb_last}{report}",
+                               console.text)
         if timed_out:
-            raise SandboxError(f"sandbox timed out after {timeout} s", console.text)
+            raise SandboxError(f"sandbox timed out after {timeout} s (still alive: its last "
+                               f"heartbeat was {time.monotonic() - (hb_time or start):.0f} s ago)",
+                               console.text)
         proc.wait()
         res = console.result()
         if res is None:
