@@ -341,13 +341,17 @@ int main(int argc, char **argv)
 		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 		uint64_t want = num(argv[4]), sent = 0;
 		static uint8_t buf[65536];
-		double end = now() + 5;
-		while (sent < want && now() < end) { /* send what fits; never read */
+		/* send what fits, never read: stop once nothing more went in for half a second (the echo
+		 * path is full) or after 5 s */
+		double end = now() + 5, last = now();
+		while (sent < want && now() < end && now() - last < 0.5) {
 			ssize_t w = send(fd, buf, want - sent < sizeof(buf) ? want - sent : sizeof(buf), MSG_NOSIGNAL);
-			if (w > 0)
+			if (w > 0) {
 				sent += (uint64_t)w;
-			else
+				last = now();
+			} else {
 				usleep(10000);
+			}
 		}
 		printf("stuck: sent %llu bytes, not reading for %s s\n", (unsigned long long)sent, argv[5]);
 		fflush(stdout);

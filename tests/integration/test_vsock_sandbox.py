@@ -62,6 +62,8 @@ i=0
 while ! {E} uds-connect /tmp/v.sock 1234 16 1 >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
 {E} uds-stuck /tmp/v.sock 1234 {MIB} 600 > /tmp/stuck.log 2>&1 &
 stuck=$!
+i=0  # the stuck client has filled what it can and stopped reading before the transfers start
+while ! grep -q '^stuck: sent' /tmp/stuck.log 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
 {E} uds-connect /tmp/v.sock 1234 {BIG} 1; echo h2g-big-rc=$?
 {E} uds-connect /tmp/v.sock 1234 {CONC} {CONC_N}; echo h2g-conc-rc=$?
 {E} uds-abort /tmp/v.sock 1234 {ABORT}; echo abort-rc=$?
