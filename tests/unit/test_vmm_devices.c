@@ -1,4 +1,5 @@
 /* i8042, ACPI PM1a, boot timer and legacy ports, driven through their bus ops (no KVM). */
+#include <errno.h>
 #include <string.h>
 
 #include "base/err.h"
@@ -58,12 +59,56 @@ static void test_i8042(void)
 	wr8(&i8042_data_ops, k, 0, 0x03);
 	wr8(&i8042_cmd_ops, k, 0, 0x20);
 	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0x03, "i8042: command byte written and read back");
-	/* No keyboard: a byte sent to it is answered 0xFE with the timeout bit, on IRQ 1. */
+	/* The keyboard answers at once: identify = ACK, AB 83, each byte on IRQ 1 as the last is read. */
 	wr8(&i8042_data_ops, k, 0, 0xf2);
 	st = rd8(&i8042_cmd_ops, k, 0);
-	TAP_OK((st & 0x41) == 0x41 && !(st & 0x20), "i8042: keyboard absent: timeout + data, not AUX");
+	TAP_OK((st & 0x61) == 0x01, "i8042: keyboard data, no timeout, not AUX");
 	TAP_OK(h.irq_level[1] == 1, "i8042: IRQ 1 raised (keyboard interrupt enabled)");
-	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0xfe && h.irq_level[1] == 0, "i8042: 0xFE read, IRQ 1 dropped");
+	TAP_OK(rd8(&i8042_data_ops, k, 0) == 0xfa, "i8042: identify ACKed");
+	TAP_OK(h.irq_level[1] == 1 && rd8(&i8042_data_ops, k, 0) == 0xab && rd8(&i8042_data_ops, k, 0) == 0x83,
+	       "i8042: identify answers AB 83 (MF2 keyboard)");
+	TAP_OK(!(rd8(&i8042_cmd_ops, k, 0) & 0x01) && h.irq_level[1] == 0, "i8042: queue drained, IRQ 1 dropped");
+	uint8_t b[12];
+	wr8(&i8042_data_ops, k, 0, 0xff);
+	b[0] = rd8(&i8042_data_ops, k, 0);
+	b[1] = rd8(&i8042_data_ops, k, 0);
+	TAP_OK(b[0] == 0xfa && b[1] == 0xaa, "i8042: keyboard reset: ACK, self-test passed");
+	wr8(&i8042_data_ops, k, 0, 0xf0);
+	b[0] = rd8(&i8042_data_ops, k, 0);
+	wr8(&i8042_data_ops, k, 0, 0x00);
+	b[1] = rd8(&i8042_data_ops, k, 0);
+	b[2] = rd8(&i8042_data_ops, k, 0);
+	TAP_OK(b[0] == 0xfa && b[1] == 0xfa && b[2] == 0x02, "i8042: get scan code set: ACK ACK 2");
+	wr8(&i8042_data_ops, k, 0, 0xed);
+	wr8(&i8042_data_ops, k, 0, 0x07);
+	b[0] = rd8(&i8042_data_ops, k, 0);
+	b[1] = rd8(&i8042_data_ops, k, 0);
+	TAP_OK(b[0] == 0xfa && b[1] == 0xfa, "i8042: set LEDs: ACK for the command and its parameter");
+	/* Ctrl+Alt+Delete from the host: set 2 without translation, set 1 with it */
+	TAP_OK(i8042_send_ctrl_alt_del(k) == 0 && i8042_send_ctrl_alt_del(k) == 0 && i8042_send_ctrl_alt_del(k) == 0 &&
+		       i8042_send_ctrl_alt_del(k) == -ENOSPC, "i8042: Ctrl+Alt+Del queued three times, then the queue is full");
+	bool same = true;
+	for (int i = 0; i < 33; i++) {
+		b[i % 11] = rd8(&i8042_data_ops, k, 0);
+		same = same && b[i % 11] == (uint8_t)"\x14\x11\xe0\x71\xe0\xf0\x71\xf0\x11\xf0\x14"[i % 11];
+	}
+	TAP_OK(same, "i8042: set 2 press + release, three times, in order");
+	TAP_OK(!(rd8(&i8042_cmd_ops, k, 0) & 0x01), "i8042: all sequences read");
+	wr8(&i8042_cmd_ops, k, 0, 0x60);
+	wr8(&i8042_data_ops, k, 0, 0x41); /* translate, keyboard interrupt */
+	TAP_OK(i8042_send_ctrl_alt_del(k) == 0 && i8042_keys_sent(k) == 4, "i8042: third sequence");
+	for (int i = 0; i < 8; i++)
+		b[i] = rd8(&i8042_data_ops, k, 0);
+	TAP_OK(!memcmp(b, "\x1d\x38\xe0\x53\xe0\xd3\xb8\x9d", 8), "i8042: set 1 through translation");
+	wr8(&i8042_cmd_ops, k, 0, 0xad); /* keyboard port disabled: keys wait */
+	i8042_send_ctrl_alt_del(k);
+	TAP_OK(!(rd8(&i8042_cmd_ops, k, 0) & 0x01), "i8042: nothing delivered while the keyboard port is disabled");
+	wr8(&i8042_cmd_ops, k, 0, 0xae);
+	TAP_OK((rd8(&i8042_cmd_ops, k, 0) & 0x01) && rd8(&i8042_data_ops, k, 0) == 0x1d, "i8042: delivered once enabled");
+	for (int i = 0; i < 7; i++)
+		rd8(&i8042_data_ops, k, 0);
+	wr8(&i8042_cmd_ops, k, 0, 0x60);
+	wr8(&i8042_data_ops, k, 0, 0x03);
 	/* AUX loop: the byte comes back as mouse data on IRQ 12. */
 	wr8(&i8042_cmd_ops, k, 0, 0xd3);
 	wr8(&i8042_data_ops, k, 0, 0x5a);

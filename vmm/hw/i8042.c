@@ -1,10 +1,13 @@
-/* Intel 8042 keyboard controller with nothing plugged in: the status and command port 0x64, the
- * data port 0x60, the controller commands Linux's probe sends, and the reset line: command 0xFE
- * (pulse output line 0 = CPU reset) reboots the machine. A byte sent to the (absent) keyboard or
- * mouse is answered at once the way a real controller answers when no device clocks it in: 0xFE
- * with the timeout bit, on IRQ 1 or 12 when the command byte enables it. Answering instead of
- * staying silent spares the guest's driver its probe timeouts (seconds of boot). The one key input is
- * the host's Ctrl+Alt+Delete (the API's SendCtrlAltDel), queued and fed through the output buffer. */
+/* Intel 8042 keyboard controller: the status and command port 0x64, the data port 0x60, the
+ * controller commands Linux's probe sends, and the reset line: command 0xFE (pulse output line 0 =
+ * CPU reset) reboots the machine.
+ *
+ * A keyboard is plugged in, with no keys but the host's Ctrl+Alt+Delete (the API's SendCtrlAltDel):
+ * it answers the commands a driver sends (ACK, identify as an MF2 keyboard, reset self-test passed,
+ * the scan code set) at once, so Linux's atkbd binds without probe timeouts and the guest reacts to
+ * Ctrl+Alt+Delete. Its bytes queue and reach the guest one at a time through the output buffer, on
+ * IRQ 1 when the command byte enables it. A byte sent to the (absent) mouse is answered the way a
+ * real controller answers when no device clocks it in: 0xFE with the timeout bit (on IRQ 12). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -24,6 +27,17 @@
 #define IRQ_KBD 1
 #define IRQ_AUX 12
 #define REPLY_NO_DEVICE 0xfe
+
+/* keyboard commands and replies (PS/2) */
+#define KBD_SET_LEDS 0xed
+#define KBD_ECHO 0xee
+#define KBD_SCAN_SET 0xf0
+#define KBD_IDENTIFY 0xf2
+#define KBD_TYPEMATIC 0xf3
+#define KBD_RESET 0xff
+#define KBD_ACK 0xfa
+#define KBD_BAT_OK 0xaa
+#define KBD_RESEND 0xfe
 
 #define CMD_READ_CTR 0x20
 #define CMD_WRITE_CTR 0x60
@@ -59,6 +73,8 @@ struct i8042 {
 	uint8_t kbd_queue[KBD_QUEUE];
 	unsigned kq_head, kq_len;
 	uint64_t keys_sent;
+	uint8_t kbd_param; /* keyboard command waiting for its parameter byte, or 0 */
+	uint8_t kbd_set;   /* scan code set the keyboard sends: 1..3 (2 after reset) */
 };
 
 int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *err)
@@ -71,6 +87,7 @@ int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *
 	k->status = STATUS_SYS | STATUS_KEYLOCK;
 	k->ctr = CTR_KBD_DISABLED | CTR_AUX_DISABLED | 0x04;
 	k->output_port = 0x01; /* reset line not asserted */
+	k->kbd_set = 2;
 	*out = k;
 	return 0;
 }
@@ -130,15 +147,72 @@ static void feed_keys(struct i8042 *k)
 	put_device_output(k, v, false, false);
 }
 
+/* Queues keyboard bytes (dropped when the queue is full: a real keyboard overruns too). Lock held. */
+static void kbd_put(struct i8042 *k, const uint8_t *b, unsigned n)
+{
+	for (unsigned i = 0; i < n && k->kq_len < KBD_QUEUE; i++)
+		k->kbd_queue[(k->kq_head + k->kq_len++) % KBD_QUEUE] = b[i];
+}
+
+/* A byte the guest sends to the keyboard: a command, or the parameter of the last one. Lock held. */
+static void kbd_command(struct i8042 *k, uint8_t b)
+{
+	static const uint8_t ack[] = { KBD_ACK };
+	if (k->kbd_param) {
+		uint8_t cmd = k->kbd_param;
+		k->kbd_param = 0;
+		if (cmd == KBD_SCAN_SET && b == 0) {
+			uint8_t r[] = { KBD_ACK, k->kbd_set };
+			kbd_put(k, r, 2);
+			return;
+		}
+		if (cmd == KBD_SCAN_SET && b <= 3)
+			k->kbd_set = b;
+		kbd_put(k, ack, 1);
+		return;
+	}
+	switch (b) {
+	case KBD_SET_LEDS:
+	case KBD_TYPEMATIC:
+	case KBD_SCAN_SET:
+		k->kbd_param = b;
+		kbd_put(k, ack, 1);
+		break;
+	case KBD_ECHO:
+		kbd_put(k, &b, 1);
+		break;
+	case KBD_IDENTIFY: {
+		/* MF2 keyboard: AB 83, or AB 41 through the controller's translation */
+		uint8_t r[] = { KBD_ACK, 0xab, k->ctr & CTR_XLATE ? 0x41 : 0x83 };
+		kbd_put(k, r, 3);
+		break;
+	}
+	case KBD_RESET: {
+		uint8_t r[] = { KBD_ACK, KBD_BAT_OK };
+		k->kbd_set = 2;
+		kbd_put(k, r, 2);
+		break;
+	}
+	default:
+		if (b >= 0xf4) { /* enable, disable, defaults, the typematic/make-break modes, resend */
+			kbd_put(k, ack, 1);
+		} else {
+			uint8_t r = KBD_RESEND;
+			kbd_put(k, &r, 1);
+		}
+		break;
+	}
+}
+
 int i8042_send_ctrl_alt_del(struct i8042 *k)
 {
 	/* Ctrl, Alt, Delete pressed, then released in reverse order. */
 	static const uint8_t set2[] = { 0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14 };
 	static const uint8_t set1[] = { 0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d };
 	pthread_mutex_lock(&k->lock);
-	bool xlate = k->ctr & CTR_XLATE;
-	const uint8_t *seq = xlate ? set1 : set2;
-	unsigned n = xlate ? sizeof(set1) : sizeof(set2);
+	bool set1_codes = (k->ctr & CTR_XLATE) || k->kbd_set == 1;
+	const uint8_t *seq = set1_codes ? set1 : set2;
+	unsigned n = set1_codes ? sizeof(set1) : sizeof(set2);
 	if (k->kq_len + n > KBD_QUEUE) {
 		pthread_mutex_unlock(&k->lock);
 		return -ENOSPC;
@@ -202,7 +276,7 @@ static void data_write(void *opaque, uint64_t offset, const uint8_t *data, uint3
 		put_device_output(k, REPLY_NO_DEVICE, true, true); /* no mouse */
 		break;
 	default:
-		put_device_output(k, REPLY_NO_DEVICE, false, true); /* no keyboard */
+		kbd_command(k, data[0]);
 		break;
 	}
 	k->pending_cmd = 0;
