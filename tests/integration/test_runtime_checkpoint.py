@@ -166,9 +166,10 @@ def shipped(binary):
 
 # The sandbox's / is the initramfs, which pivot_root cannot leave: the checks run chrooted into
 # a tmpfs (binds of the sandbox's directories) in a mount namespace of their own. CRIU's kernel
-# probe needs loopback up and the sock_diag modules (shipped from the kit's kernel package).
+# probe needs loopback up, the sock_diag modules and nf_tables (shipped from the kit's kernel
+# package: it creates an nftables table with libnftables and fails without).
 SANDBOX_OUTER = r"""
-for m in inet_diag tcp_diag udp_diag raw_diag unix_diag netlink_diag af_packet_diag; do
+for m in inet_diag tcp_diag udp_diag raw_diag unix_diag netlink_diag af_packet_diag libcrc32c nfnetlink nf_tables; do
   insmod /cr/modules/$m.ko 2>/dev/null
 done
 ip link set lo up
@@ -244,15 +245,16 @@ cella state ct >/dev/null 2>&1; echo state=$?
 
 
 def diag_modules(work):
-    """The sock_diag modules of the sandbox's kernel, from the kernel package the kit was built
-    from (CRIU's probe asks for them; the kit ships only virtio and kvm modules)."""
+    """The sock_diag and nf_tables modules of the sandbox's kernel, from the kernel package the kit
+    was built from (CRIU's probe asks for them; the kit ships only virtio and kvm modules)."""
     k = sandbox.kit()
     kver = k["kernel_version"]
     cache = Path(os.environ.get("CELLA_CACHE", "/var/cache/cella"))
     debs = sorted(cache.glob(f"debs/linux-image-{kver}_*.deb"))
     if not debs:
         pytest.skip(f"the kit's kernel package (linux-image-{kver}) is not in {cache}/debs")
-    names = ("inet_diag", "tcp_diag", "udp_diag", "raw_diag", "unix_diag", "netlink_diag", "af_packet_diag")
+    names = ("inet_diag", "tcp_diag", "udp_diag", "raw_diag", "unix_diag", "netlink_diag", "af_packet_diag",
+             "libcrc32c", "nfnetlink", "nf_tables")
     out = work / "modules"
     out.mkdir(exist_ok=True)
     tar = subprocess.run(f"dpkg-deb --fsys-tarfile {debs[-1]} | tar -x -C {out} --wildcards "
