@@ -164,8 +164,10 @@ def shipped(binary):
     return pairs
 
 
-# The sandbox's / is the initramfs, which pivot_root cannot leave: the checks run chrooted into
-# a tmpfs (binds of the sandbox's directories) in a mount namespace of their own. CRIU's kernel
+# The sandbox's / is the initramfs, which pivot_root cannot leave: in a mount namespace of their
+# own the checks run in a tmpfs (binds of the sandbox's directories) moved over / as switch_root
+# does, so the root is a mount CRIU and pivot_root accept (a plain chroot is refused by criu dump:
+# "The root task has another root than mntns"). CRIU's kernel
 # probe needs loopback up, the sock_diag modules and nf_tables (shipped from the kit's kernel
 # package: it creates an nftables table with libnftables and fails without).
 SANDBOX_OUTER = r"""
@@ -186,7 +188,7 @@ exec unshare -m /bin/sh -c '
   mount -o rbind /dev /newroot/dev
   mount -t tmpfs tmpfs /newroot/run
   mount -t tmpfs tmpfs /newroot/tmp
-  exec chroot /newroot /bin/sh /cr/inner.sh'
+  cd /newroot && mount --move . / && exec chroot . /bin/sh /cr/inner.sh'
 """
 
 SANDBOX_INNER = r"""
