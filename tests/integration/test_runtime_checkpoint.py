@@ -230,8 +230,10 @@ cella state ct >/dev/null 2>&1; echo state=$?
 a=$(count); sleep 1; echo stopped=$a later=$(count)
 
 sec restore
+# --manage-cgroups-mode ignore: criu's cgroup yard (a tmpfs it mounts to restore cgroups) fails
+# with EINVAL in this sandbox; the restored tasks then stay in criu's cgroup, the container's.
 ( sleep 100000 | cella restore --image-path /cr/img2 --work-path /cr/work3 --bundle $B --detach \
-    --pid-file /cr/pid ct 2>/cr/restore.err | cat >/dev/null ) &
+    --manage-cgroups-mode ignore --pid-file /cr/pid ct 2>/cr/restore.err | cat >/dev/null ) &
 i=0; while [ ! -s /cr/pid ] && [ $i -lt 300 ] && ! [ -s /cr/restore.err ]; do sleep 0.1; i=$((i+1)); done
 cat /cr/restore.err; [ -s /cr/pid ]; r=$?; echo rc=$r; [ $r = 0 ] || grep Error /cr/work3/restore.log | head -5
 cella state ct | grep '"status"'
