@@ -6,11 +6,11 @@ stops with "vdso: Unexpected rt vDSO area bounds" (`criu check` says so; fixed u
 December 2024, checkpoint-restore/criu#2539). So the host tests prove the error paths: no criu on PATH, a container that is not
 running, a dump/restore that criu refuses (its first log error is in our message, the
 container is untouched, a failed restore leaves no state or cgroup).
-The round trip needs a kernel CRIU 3.17 supports: the nested sandbox's Debian 6.1 kernel passes
-`criu check` once loopback is up and the sock_diag and nf_tables modules are loaded, but a dump
-there fails while the checks run chrooted ("mnt: The root task has another root than mntns"), a
-chroot the initramfs forces (pivot_root cannot leave it). The sandbox test (branch h-rt-sandbox)
-waits for a sandbox root CRIU accepts (MS_MOVE of a tmpfs over /, as switch_root does).
+The round trip runs in the nested sandbox, whose Debian 6.1 kernel passes `criu check` once
+loopback is up and the sock_diag and nf_tables modules are loaded: a container counting in a loop
+into a bind-mounted file is checkpointed with --leave-running (keeps counting), checkpointed
+(gone, the count stops), restored (running again with a new pid in its cgroup, the count goes on
+from where it stopped), and deleted (no state, no cgroup).
 """
 import json
 import os
