@@ -301,6 +301,8 @@ def main():
     ap.add_argument("-s", type=int, default=10, help="tiny-guest rounds in the sandbox (default 10)")
     ap.add_argument("-b", type=int, default=6, help="Linux boots per VMM (default 6)")
     ap.add_argument("--timeout", type=float, default=1500)
+    ap.add_argument("--host-only", action="store_true",
+                    help="only part (a1): the tiny guest on this host's /dev/kvm, no sandbox boot")
     args = ap.parse_args()
 
     if not shutil.which(QEMU):
@@ -331,6 +333,12 @@ def main():
         host_out = host_tiny(tiny, args.n)
     else:
         log("skip (a1): this host's /dev/kvm cannot be opened")
+    if args.host_only:
+        res, outs, _ = parse(host_out)
+        if any(g == "host" for g, _ in res):
+            report_tiny(res, outs, "host", f"(a1) tiny guest (serial byte, then i8042 reset), median of "
+                        f"{args.n} rounds, on this host's /dev/kvm")
+        return 0
     script = (f"TINY_WARMUP=2 TINY_RUNS={args.s} BOOT_WARMUP=1 BOOTS={args.b}\n"
               f"CMDLINE='{CMDLINE}'\n" + SCRIPT)
     files = [(os.path.join(HELPERS, "benchtime"), "/bench/benchtime"),

@@ -356,7 +356,7 @@ bad:
 
 /* Every field of the JSON form. vmm_config_to_json must write each one: a snapshot restores the
  * machine from it (tests/unit/test_snapshot.c round-trips a config). */
-static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks", "nets", "vsock", NULL };
+static const char *const known[] = { "kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "pit", "disks", "nets", "vsock", NULL };
 
 static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct cella_err *err)
 {
@@ -389,6 +389,10 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 		goto fail;
 	if (r > 0)
 		cfg->rng = b;
+	if ((r = cj_get_bool(j, "", "pit", false, &b, err)) < 0)
+		goto fail;
+	if (r > 0)
+		cfg->pit = b;
 	json_t *disks;
 	if ((r = cj_get_array(j, "", "disks", false, &disks, err)) < 0 || (r > 0 && (r = load_disks(cfg, disks, err)) < 0))
 		goto fail;
@@ -476,6 +480,7 @@ int vmm_config_to_json(const struct vmm_config *cfg, char **out, struct cella_er
 	if (console)
 		bad |= json_object_set_new(j, "console", json_string(console));
 	bad |= json_object_set_new(j, "rng", json_boolean(cfg->rng));
+	bad |= json_object_set_new(j, "pit", json_boolean(cfg->pit));
 	json_t *disks = json_array();
 	for (unsigned i = 0; disks && i < cfg->ndisks; i++) {
 		const struct vmm_disk *d = &cfg->disks[i];

@@ -216,7 +216,10 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 			return cella_err_set(err, ENOTSUP, "snapshot: %s is not registered for snapshots (vm_add_virtio)",
 					     b->name);
 	}
-	int r = vmm_config_to_json(vm->cfg, &json, err);
+	/* The saved config says whether the machine has a PIT (a Linux guest gets one without asking). */
+	struct vmm_config cfg = *vm->cfg;
+	cfg.pit = vm->has_pit;
+	int r = vmm_config_to_json(&cfg, &json, err);
 	if (r < 0)
 		goto out;
 	snap_begin(&w, "vm.meta");
@@ -231,7 +234,7 @@ int vm_snapshot_create(struct vm *vm, const char *state_path, const char *mem_pa
 	for (unsigned i = 0; i < vm->ncpus && r == 0; i++)
 		r = x86_vcpu_save(vm->vcpus[i].fd, vm->vm_fd, i, &msrs, &w, err);
 	if (r == 0)
-		r = x86_vm_save(vm->vm_fd, &w, err);
+		r = x86_vm_save(vm->vm_fd, vm->has_pit, &w, err);
 	if (r < 0)
 		goto out;
 	save_devices(vm, &w);

@@ -132,7 +132,7 @@ int vm_create(struct vm *vm, struct cella_err *err)
 	if (ioctl(fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		return cella_err_sys(err, errno, "KVM_CREATE_IRQCHIP");
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-	if (ioctl(fd, KVM_CREATE_PIT2, &pit) < 0)
+	if (vm->has_pit && ioctl(fd, KVM_CREATE_PIT2, &pit) < 0)
 		return cella_err_sys(err, errno, "KVM_CREATE_PIT2");
 
 	uint64_t low = vm->ram_size < X86_MMIO_GAP_START ? vm->ram_size : X86_MMIO_GAP_START;

@@ -74,6 +74,7 @@ struct vm {
 	size_t vcpu_mmap_size;
 	struct kvm_cpuid2 *cpuid; /* supported table; per-vCPU tables are derived from it */
 	bool has_xcrs;            /* KVM_CAP_XCRS: vCPUs start with XCR0 set (x86_setup_xcr0) */
+	bool has_pit;             /* in-kernel PIT: Linux guests, cfg->pit, or a snapshot that saved one */
 
 	/* guest memory: one host mapping; guest-physical [0, low) and, above the MMIO gap, [4G, 4G+high) */
 	uint8_t *ram;
@@ -123,7 +124,7 @@ struct vm {
 /* vm.c */
 /* Opens the KVM device and checks the API version and capabilities the VMM needs. */
 int vm_open_kvm(struct vm *vm, const char *path, unsigned ncpus, struct cella_err *err);
-/* Creates the VM: TSS and identity map, in-kernel irqchip and PIT, guest memory slots. */
+/* Creates the VM: TSS and identity map, in-kernel irqchip, the PIT when vm->has_pit, guest memory slots. */
 int vm_create(struct vm *vm, struct cella_err *err);
 /* Maps guest RAM (anonymous, MAP_NORESERVE). */
 int vm_alloc_ram(struct vm *vm, uint64_t size, struct cella_err *err);

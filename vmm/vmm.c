@@ -414,6 +414,12 @@ static int vm_build(struct vmm *m, struct cella_err *err)
 		r = vm_restore_memory(vm, cfg->restore_memory, cfg->memory_mib << 20, err);
 	else if (r == 0)
 		r = load_guest(vm, cfg, &entry, &linux_guest, err);
+	/* A restored VM has a PIT exactly when its snapshot saved one. */
+	struct snap_sec pit_sec;
+	vm->has_pit = restore ? snap_find(&m->snap, &pit_sec, "vm.pit2") == 1 : linux_guest || cfg->pit;
+	if (r == 0 && restore && cfg->pit && !vm->has_pit)
+		r = cella_err_set(err, EINVAL, "restore from %s: its config has a PIT but the state file has no "
+				  "\"vm.pit2\" section", cfg->restore_state);
 	for (unsigned i = 0; i < cfg->ndisks && r == 0; i++)
 		r = blk_check(&cfg->disks[i], err);
 	if (r == 0)

@@ -82,6 +82,9 @@ struct vmm_config {
 	char *kvm_device;   /* NULL = /dev/kvm */
 	bool debug_device;  /* test-only MMIO device at VMM_DEBUG_DEVICE_ADDR */
 	bool rng;           /* virtio-rng */
+	/* In-kernel PIT (i8254) for a flat binary; Linux kernels always get one. Creating and destroying
+	 * it costs tens of ms on some hosts, so tiny guests that never program it go without. */
+	bool pit;
 	struct vmm_disk disks[VMM_MAX_DISKS]; /* virtio-blk, in order (vda, vdb, ...) */
 	unsigned ndisks;
 	struct vmm_net nets[VMM_MAX_NETS]; /* virtio-net, in order (eth0, eth1, ...) */

@@ -29,12 +29,14 @@ static const char usage[] =
 	"  --cpus N             vCPUs, 1..32 (default 1)\n"
 	"  --memory MiB         guest RAM (default 128; at least 32 for Linux, 1 for flat binaries)\n"
 	"  --console SPEC       stdio (default), none, or a file to append guest output to\n"
-	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, disks,\n"
+	"  --config FILE.json   settings {kernel, initrd, cmdline, cpus, memory_mib, console, rng, pit, disks,\n"
 	"                       nets, vsock}; flags override, --disk / --net add to the config's lists\n"
 	"  --log-level LEVEL    debug, info (default), warn or error; -v is --log-level debug\n"
 	"  --kvm-device PATH    KVM device (default /dev/kvm)\n"
 	"  --debug-device       test-only MMIO scratch device at 0xd0000000\n"
 	"  --rng                virtio-rng (entropy from the host's getrandom); JSON: \"rng\": true\n"
+	"  --pit                in-kernel PIT (i8254) for a flat binary that programs it (Linux kernels always\n"
+	"                       get one); JSON: \"pit\": true\n"
 	"  --disk PATH[,OPT...] virtio-blk on a raw disk file (repeatable, up to 8: vda, vdb, ...). OPT:\n"
 	"                         ro               read-only (VIRTIO_BLK_F_RO; the file is opened read-only)\n"
 	"                         id=NAME          serial the guest reads (/sys/block/vdX/serial), <= 20 bytes\n"
@@ -83,6 +85,7 @@ enum {
 	OPT_KVM_DEVICE,
 	OPT_DEBUG_DEVICE,
 	OPT_RNG,
+	OPT_PIT,
 	OPT_VSOCK,
 	OPT_SNAPSHOT_DIR,
 	OPT_RESTORE,
@@ -104,6 +107,7 @@ static const struct option options[] = {
 	{ "kvm-device", required_argument, NULL, OPT_KVM_DEVICE },
 	{ "debug-device", no_argument, NULL, OPT_DEBUG_DEVICE },
 	{ "rng", no_argument, NULL, OPT_RNG },
+	{ "pit", no_argument, NULL, OPT_PIT },
 	{ "vsock", required_argument, NULL, OPT_VSOCK },
 	{ "snapshot-dir", required_argument, NULL, OPT_SNAPSHOT_DIR },
 	{ "restore", required_argument, NULL, OPT_RESTORE },
@@ -200,6 +204,7 @@ int main(int argc, char **argv)
 		case OPT_KVM_DEVICE: r = set_string(&flags.kvm_device, optarg); break;
 		case OPT_DEBUG_DEVICE: flags.debug_device = true; break;
 		case OPT_RNG: flags.rng = true; break;
+		case OPT_PIT: flags.pit = true; break;
 		case OPT_VSOCK:
 			if (vmm_config_set_vsock(&flags, optarg, &err) < 0) {
 				status = fail("%s", err.msg);
@@ -246,10 +251,10 @@ int main(int argc, char **argv)
 
 	if (restore) {
 		/* The snapshot says what the machine is; only these may be given with it. */
-		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng ||
+		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng || flags.pit ||
 		    flags.vsock_uds) {
 			status = fail("--restore: the machine comes from the snapshot; --config, --kernel, --initrd, "
-				      "--cmdline, --rng and --vsock cannot be given with it");
+				      "--cmdline, --rng, --pit and --vsock cannot be given with it");
 			goto out;
 		}
 		cfg.restore_state = cella_path_join(restore, VMM_SNAPSHOT_STATE_FILE);
@@ -286,6 +291,8 @@ int main(int argc, char **argv)
 	cfg.debug_device = flags.debug_device;
 	if (flags.rng)
 		cfg.rng = true;
+	if (flags.pit)
+		cfg.pit = true;
 	for (unsigned i = 0; i < flags.ndisks; i++) {
 		if (cfg.ndisks >= VMM_MAX_DISKS) {
 			status = fail("--disk %s: at most %d disks (with the config's)", flags.disks[i].path, VMM_MAX_DISKS);

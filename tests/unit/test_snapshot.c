@@ -271,6 +271,7 @@ static void test_config_json(void)
 	a.console = VMM_CONSOLE_FILE;
 	a.console_path = strdup("/tmp/console.log");
 	a.rng = true;
+	a.pit = true;
 	a.vsock_cid = 42;
 	a.vsock_uds = strdup("/tmp/v.sock");
 	struct cella_err err = { 0 };
@@ -280,7 +281,7 @@ static void test_config_json(void)
 	       err.msg);
 	TAP_OK(!strcmp(b.kernel, a.kernel) && !strcmp(b.initrd, a.initrd) && !strcmp(b.cmdline, a.cmdline) &&
 	       b.cpus == 3 && b.memory_mib == 768 && b.console == VMM_CONSOLE_FILE &&
-	       !strcmp(b.console_path, a.console_path) && b.rng && b.vsock_cid == 42 && b.vsock_uds &&
+	       !strcmp(b.console_path, a.console_path) && b.rng && b.pit && b.vsock_cid == 42 && b.vsock_uds &&
 		       !strcmp(b.vsock_uds, "/tmp/v.sock"),
 	       "every field survives");
 	vmm_config_free(&a);

@@ -2,6 +2,7 @@
  * XCRs, debug registers, LAPIC, MSRs, CPUID, TSC frequency, MP state and pending events; the VM's
  * PIC, IOAPIC, PIT and kvmclock. Sections "vcpuN.*" and "vm.*" (snapfile.h). */
 #pragma once
+#include <stdbool.h>
 #include <stdint.h>
 
 struct cella_err;
@@ -23,7 +24,8 @@ int x86_vcpu_save(int vcpu_fd, int vm_fd, unsigned index, const struct x86_msr_l
 /* Into a freshly created vCPU that never ran. */
 int x86_vcpu_load(int vcpu_fd, int vm_fd, unsigned index, const struct snap_file *f, struct cella_err *err);
 
-int x86_vm_save(int vm_fd, struct snap_writer *w, struct cella_err *err);
-/* PIT and irqchips; then, right before the vCPUs start, the clock. */
+/* The PIT section ("vm.pit2") only when the VM has a PIT. */
+int x86_vm_save(int vm_fd, bool pit, struct snap_writer *w, struct cella_err *err);
+/* PIT (when the file has its section) and irqchips; then, right before the vCPUs start, the clock. */
 int x86_vm_load(int vm_fd, const struct snap_file *f, struct cella_err *err);
 int x86_vm_load_clock(int vm_fd, const struct snap_file *f, struct cella_err *err);

@@ -330,7 +330,7 @@ int x86_vcpu_load(int fd, int vm_fd, unsigned index, const struct snap_file *f, 
 
 static const char *const chip_names[] = { "vm.pic-master", "vm.pic-slave", "vm.ioapic" };
 
-int x86_vm_save(int vm_fd, struct snap_writer *w, struct cella_err *err)
+int x86_vm_save(int vm_fd, bool has_pit, struct snap_writer *w, struct cella_err *err)
 {
 	for (unsigned id = 0; id < 3; id++) {
 		struct kvm_irqchip chip = { .chip_id = id };
@@ -341,11 +341,13 @@ int x86_vm_save(int vm_fd, struct snap_writer *w, struct cella_err *err)
 		snap_end(w);
 	}
 	struct kvm_pit_state2 pit;
-	if (ioctl(vm_fd, KVM_GET_PIT2, &pit) < 0)
-		return cella_err_sys(err, errno, "KVM_GET_PIT2");
-	snap_begin(w, "vm.pit2");
-	snap_put(w, &pit, sizeof(pit));
-	snap_end(w);
+	if (has_pit) {
+		if (ioctl(vm_fd, KVM_GET_PIT2, &pit) < 0)
+			return cella_err_sys(err, errno, "KVM_GET_PIT2");
+		snap_begin(w, "vm.pit2");
+		snap_put(w, &pit, sizeof(pit));
+		snap_end(w);
+	}
 	struct kvm_clock_data clock = { 0 };
 	if (ioctl(vm_fd, KVM_GET_CLOCK, &clock) < 0)
 		return cella_err_sys(err, errno, "KVM_GET_CLOCK");
@@ -371,10 +373,14 @@ int x86_vm_load(int vm_fd, const struct snap_file *f, struct cella_err *err)
 {
 	int r;
 	struct kvm_pit_state2 pit;
-	if ((r = vm_raw(f, "vm.pit2", &pit, sizeof(pit), err)) < 0)
-		return r;
-	if (ioctl(vm_fd, KVM_SET_PIT2, &pit) < 0)
-		return cella_err_sys(err, errno, "KVM_SET_PIT2");
+	struct snap_sec s;
+	/* No section: the VM was saved (and rebuilt) without a PIT. */
+	if (snap_find(f, &s, "vm.pit2") == 1) {
+		if ((r = vm_raw(f, "vm.pit2", &pit, sizeof(pit), err)) < 0)
+			return r;
+		if (ioctl(vm_fd, KVM_SET_PIT2, &pit) < 0)
+			return cella_err_sys(err, errno, "KVM_SET_PIT2");
+	}
 	for (unsigned id = 0; id < 3; id++) {
 		struct kvm_irqchip chip;
 		if ((r = vm_raw(f, chip_names[id], &chip, sizeof(chip), err)) < 0)
