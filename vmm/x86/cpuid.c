@@ -38,7 +38,7 @@ static struct kvm_cpuid2 *cpuid_alloc(unsigned nent)
 
 int x86_cpuid_supported(int kvm_fd, struct kvm_cpuid2 **out, struct cella_err *err)
 {
-	for (unsigned nent = 64; nent <= 4096; nent *= 2) {
+	for (unsigned nent = 256; nent <= 4096; nent *= 2) {
 		struct kvm_cpuid2 *c = cpuid_alloc(nent);
 		if (!c)
 			return cella_err_set(err, ENOMEM, "KVM_GET_SUPPORTED_CPUID: out of memory");
