@@ -277,3 +277,13 @@ def test_vsock_socket_file_lifecycle(tmp_path):
             p.wait()
     assert p.returncode == 128 + signal.SIGTERM, err
     assert not os.path.exists(uds), "socket file left behind"
+
+
+def test_pit_flag_and_config(tmp_path, hello):
+    """--pit / "pit": true gives a flat binary the in-kernel PIT (it runs the same); a non-boolean is refused."""
+    for args in (["--kernel", hello, "--pit"], ["--config", str(tmp_path / "vm.json")]):
+        (tmp_path / "vm.json").write_text(json.dumps({"kernel": hello, "pit": True}))
+        p = run([VMM, *args, "--memory", "1", "--log-level", "debug"])
+        assert p.returncode == 0 and p.stdout == "Hello\n", (args, p.returncode, p.stdout, p.stderr)
+    (tmp_path / "vm.json").write_text(json.dumps({"kernel": hello, "pit": 1}))
+    vmm_fails("--config", str(tmp_path / "vm.json"), match="pit: expected")

@@ -262,3 +262,16 @@ def test_garbage_with_a_valid_crc_never_crashes(good_snapshot, tmp_path):
             assert len(lines) == 1 and lines[0].startswith("cella-vmm: "), err
         outcomes[p.returncode] = outcomes.get(p.returncode, 0) + 1
     assert outcomes.get(1, 0) > 0, outcomes  # most damage is caught by a section's checks
+
+
+def test_pit_only_when_asked_and_restored_the_same(good_snapshot, tmp_path):
+    """A flat binary runs without the in-kernel PIT (its creation and teardown cost tens of ms on
+    some hosts): its snapshot has no "vm.pit2" section and its config says "pit": false. With --pit
+    the section and the setting are saved, and the restored VM (built with a PIT) counts on."""
+    plain = (good_snapshot / "state").read_bytes()
+    assert b"vm.pit2" not in plain and b'"pit":false' in plain
+    d, before, original = snapshot(tmp_path, extra=("--pit",))
+    state = (d / "state").read_bytes()
+    assert b"vm.pit2" in state and b'"pit":true' in state
+    check_continues(restore(tmp_path, "clone", d), before, original)
+    vmm_refuses(d, "--pit", match=r"--restore: the machine comes from the snapshot")
