@@ -64,7 +64,7 @@ int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot
 		r = x86_setup_msrs(v->fd, err);
 	if (r == 0)
 		r = x86_setup_fpu(v->fd, err);
-	if (r == 0)
+	if (r == 0 && vm->has_irqchip)
 		r = x86_setup_lapic(v->fd, err);
 	/* The boot processor starts at the entry; APs stay in KVM_MP_STATE_UNINITIALIZED (KVM's default for
 	 * every vCPU but the boot one) until the guest's INIT/SIPI reaches the in-kernel local APIC. */
@@ -210,8 +210,12 @@ static bool handle_exit(struct vcpu *v)
 	case KVM_EXIT_IRQ_WINDOW_OPEN:
 		return true;
 	case KVM_EXIT_HLT:
-		/* Only without an in-kernel LAPIC; nothing will wake a halted CPU, so it is an idle stop. */
+		/* Only without an in-kernel LAPIC; nothing will wake a halted CPU, so it waits for the stop. */
 		log_debug("vcpu%u: KVM_EXIT_HLT", v->index);
+		pthread_mutex_lock(&v->vm->pause_lock);
+		while (!atomic_load(&v->vm->stopping))
+			pthread_cond_wait(&v->vm->pause_cond, &v->vm->pause_lock);
+		pthread_mutex_unlock(&v->vm->pause_lock);
 		return true;
 	case KVM_EXIT_SHUTDOWN:
 		/* A triple fault resets a PC. */

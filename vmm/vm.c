@@ -129,7 +129,7 @@ int vm_create(struct vm *vm, struct cella_err *err)
 	uint64_t idmap = KVM_IDENTITY_MAP_ADDR;
 	if (ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
 		return cella_err_sys(err, errno, "KVM_SET_IDENTITY_MAP_ADDR");
-	if (ioctl(fd, KVM_CREATE_IRQCHIP, 0) < 0)
+	if (vm->has_irqchip && ioctl(fd, KVM_CREATE_IRQCHIP, 0) < 0)
 		return cella_err_sys(err, errno, "KVM_CREATE_IRQCHIP");
 	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
 	if (vm->has_pit && ioctl(fd, KVM_CREATE_PIT2, &pit) < 0)
@@ -145,6 +145,8 @@ int vm_create(struct vm *vm, struct cella_err *err)
 int vm_set_irq(struct vm *vm, unsigned irq, int level)
 {
 	struct kvm_irq_level l = { .irq = irq, .level = (uint32_t)level };
+	if (!vm->has_irqchip)
+		return 0; /* no interrupt controller: the line is not wired */
 	if (ioctl(vm->vm_fd, KVM_IRQ_LINE, &l) < 0)
 		return -errno;
 	return 0;

@@ -75,6 +75,9 @@ struct vm {
 	struct kvm_cpuid2 *cpuid; /* supported table; per-vCPU tables are derived from it */
 	bool has_xcrs;            /* KVM_CAP_XCRS: vCPUs start with XCR0 set (x86_setup_xcr0) */
 	bool has_pit;             /* in-kernel PIT: Linux guests, cfg->pit, or a snapshot that saved one */
+	/* In-kernel PIC/IOAPIC/LAPIC. A lone flat binary goes without: tearing the irqchip down costs ~5 ms
+	 * on kvm_pvm. Without it interrupt lines go nowhere and HLT parks the vCPU until the VM stops. */
+	bool has_irqchip;
 
 	/* guest memory: one host mapping; guest-physical [0, low) and, above the MMIO gap, [4G, 4G+high) */
 	uint8_t *ram;

@@ -417,6 +417,10 @@ static int vm_build(struct vmm *m, struct cella_err *err)
 	/* A restored VM has a PIT exactly when its snapshot saved one. */
 	struct snap_sec pit_sec;
 	vm->has_pit = restore ? snap_find(&m->snap, &pit_sec, "vm.pit2") == 1 : linux_guest || cfg->pit;
+	/* Only a lone flat binary with no device, snapshot or API that could want interrupts or the
+	 * irqchip's state goes without one. */
+	vm->has_irqchip = restore || vm->has_pit || cfg->cpus > 1 || cfg->rng || cfg->ndisks || cfg->nnets ||
+			  cfg->vsock_cid || cfg->snapshot_dir || cfg->api_sock;
 	if (r == 0 && restore && cfg->pit && !vm->has_pit)
 		r = cella_err_set(err, EINVAL, "restore from %s: its config has a PIT but the state file has no "
 				  "\"vm.pit2\" section", cfg->restore_state);
