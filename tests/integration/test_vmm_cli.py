@@ -287,3 +287,26 @@ def test_pit_flag_and_config(tmp_path, hello):
         assert p.returncode == 0 and p.stdout == "Hello\n", (args, p.returncode, p.stdout, p.stderr)
     (tmp_path / "vm.json").write_text(json.dumps({"kernel": hello, "pit": 1}))
     vmm_fails("--config", str(tmp_path / "vm.json"), match="pit: expected")
+
+
+def test_lone_flat_guest_halt_idles_until_stopped(tmp_path):
+    """One vCPU and no devices: no in-kernel irqchip, so HLT exits to the VMM, which parks the vCPU
+    (no busy re-entry) until a stop signal ends the VM."""
+    import signal
+    import subprocess
+    import time
+    from vmm_guests import GUESTS
+    g = tmp_path / "halt.bin"
+    g.write_bytes(GUESTS["halt.bin"])
+    p = subprocess.Popen([VMM, "--kernel", str(g), "--memory", "1", "--console", "none", "-v"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        with open(f"/proc/{p.pid}/stat") as f:
+            ticks = sum(int(x) for x in f.read().rsplit(")", 1)[1].split()[11:13])
+        assert ticks < 50, f"{ticks} clock ticks of CPU in 1 s: the halted vCPU spins"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err)
+    assert "KVM_EXIT_HLT" in err, err
