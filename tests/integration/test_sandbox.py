@@ -116,7 +116,7 @@ def test_frozen_sandbox_fails_fast_with_qemus_view(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
     with pytest.raises(sandbox.SandboxError) as e:
         sandbox.run("sleep 3; kill -STOP $(cat /sandbox/heartbeat.pid); echo stopped; sleep 300",
-                    timeout=400, stall=10)
+                    timeout=400, stall=10, freeze_retries=0)
     msg = str(e.value)
     m = re.match(r"sandbox froze after (\d+) s: no heartbeat from the sandbox kernel for 10 s", msg)
     assert m, msg

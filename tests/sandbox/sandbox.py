@@ -12,7 +12,7 @@ Inside the sandbox (an initramfs, everything in RAM):
 
 API:
   run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
-      accel=None, stall=None) -> (status, output)
+      accel=None, stall=None, freeze_retries=None) -> (status, output)
     script     shell text run with /bin/sh inside the sandbox
     files      iterable of (src, dst): host file (or directory, recursively) src is put at
                absolute path dst inside
@@ -22,6 +22,8 @@ API:
     cpus       sandbox vCPUs (default CPUS); accel: QEMU -accel (default ACCEL)
     stall      seconds without the sandbox kernel's heartbeat after which the sandbox counts as
                frozen (default STALL): fails at once with QEMU's view of the freeze
+    freeze_retries  a frozen sandbox (SandboxFrozen) is booted again this many times (default
+               FREEZE_RETRIES = 1); each freeze is written to stderr and stream
     stream     optional text file: the script's output is written there as it arrives
   status is the script's exit status; output is what it printed on the console (stdout and
   stderr merged, CRLF turned into LF, boot noise before cella-init's marker removed).
@@ -44,6 +46,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -84,6 +87,11 @@ class SandboxError(Exception):
     def __init__(self, message, output=""):
         super().__init__(message)
         self.output = output
+
+
+class SandboxFrozen(SandboxError):
+    """The sandbox kernel itself stopped (no heartbeat): QEMU's TCG lost its timer, nothing of
+    the script's doing. run() boots once more before giving up."""
 
 
 def available():
@@ -379,8 +387,28 @@ def _freeze_report(pid, mon):
     return "\n".join(lines)
 
 
-def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
-        accel=None, stall=None):
+# A frozen sandbox is booted again this many times. Seen in CI with one vCPU: the sandbox kernel
+# halted with no timer armed in QEMU, minutes into a batch that passes on other boots.
+FREEZE_RETRIES = int(os.environ.get("CELLA_SANDBOX_FREEZE_RETRIES", "1"))
+
+
+def run(*args, stream=None, freeze_retries=None, **kwargs):
+    retries = FREEZE_RETRIES if freeze_retries is None else freeze_retries
+    for attempt in range(retries + 1):
+        try:
+            return _run_once(*args, stream=stream, **kwargs)
+        except SandboxFrozen as e:
+            if attempt == retries:
+                raise
+            note = f"\n=== SANDBOX FROZE, booting it again ({attempt + 1}/{retries}): {e}\n"
+            sys.stderr.write(note)
+            if stream:
+                stream.write(note)
+                stream.flush()
+
+
+def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
+              accel=None, stall=None):
     """See the module comment. stall: seconds without the sandbox kernel's heartbeat after which
     the sandbox counts as frozen (default STALL); the first heartbeat may take BOOT_WAIT."""
     ok, reason = available()
@@ -456,7 +484,7 @@ def run(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, 
             report = _freeze_report(proc.pid, mon)
             what = (f"no heartbeat from the sandbox kernel for {stall:.0f} s" if hb_time is not None
                     else f"no heartbeat from the sandbox kernel within {max(stall, BOOT_WAIT):.0f} s of start")
-            raise SandboxError(f"sandbox froze after {time.monotonic() - start:.0f} s: {what}. "
+            raise SandboxFrozen(f"sandbox froze after {time.monotonic() - start:.0f} s: {what}. "
                                f"Last heartbeats (uptime, load 1/5/15 min, running/all):\n"
                                f"{hb_last}{report}",
                                console.text)
