@@ -84,11 +84,18 @@ void cella_log(enum cella_log_level level, const char *fmt, ...)
 
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
+	/* UTC by hand: glibc's gmtime_r/strftime load the time-zone file on first use, a file read
+	 * on the VMM's exit path that a UTC stamp does not need. */
+	long long days = ts.tv_sec / 86400, secs = ts.tv_sec % 86400;
+	long long era_day = days + 719468; /* days since 0000-03-01 */
+	long long era = era_day / 146097, doe = era_day % 146097;
+	long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+	int mday = (int)(doy - (153 * mp + 2) / 5 + 1), mon = (int)(mp < 10 ? mp + 3 : mp - 9);
+	long long year = yoe + era * 400 + (mon <= 2);
 	char when[64];
-	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(when + n, sizeof(when) - n, ".%06ldZ", ts.tv_nsec / 1000);
+	snprintf(when, sizeof(when), "%04lld-%02d-%02dT%02lld:%02lld:%02lld.%06ldZ", year, mon, mday,
+		 secs / 3600, secs / 60 % 60, secs % 60, ts.tv_nsec / 1000);
 
 	char line[8192 + 128];
 	int len;
