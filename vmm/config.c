@@ -122,10 +122,7 @@ static int check_disk(const struct vmm_disk *d, const char *where, struct cella_
 		return cella_err_set(err, EINVAL, "%s: a disk needs a path", where);
 	if (d->id && strlen(d->id) > VMM_DISK_ID_MAX)
 		return cella_err_set(err, EINVAL, "%s: id \"%s\" is longer than %d bytes", where, d->id, VMM_DISK_ID_MAX);
-	struct ratelimit rl;
-	int r = ratelimit_init(&rl, &d->rl, err);
-	ratelimit_destroy(&rl);
-	return r < 0 ? cella_err_wrap(err, "%s", where) : 0;
+	return ratelimit_cfg_check(&d->rl, err) < 0 ? cella_err_wrap(err, "%s", where) : 0;
 }
 
 int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err)
@@ -199,10 +196,7 @@ static int check_net(struct vmm_net *n, const char *where, struct cella_err *err
 				     "or spaces)", where, n->tap);
 	if (!(n->mac[0] | n->mac[1] | n->mac[2] | n->mac[3] | n->mac[4] | n->mac[5]))
 		virtio_net_random_mac(n->mac);
-	struct ratelimit rl;
-	int r = ratelimit_init(&rl, &n->rl, err);
-	ratelimit_destroy(&rl);
-	return r < 0 ? cella_err_wrap(err, "%s", where) : 0;
+	return ratelimit_cfg_check(&n->rl, err) < 0 ? cella_err_wrap(err, "%s", where) : 0;
 }
 
 int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err)

@@ -37,6 +37,13 @@ static int bucket_init(struct ratelimit_bucket *b, const struct ratelimit_bucket
 	return 0;
 }
 
+int ratelimit_cfg_check(const struct ratelimit_cfg *cfg, struct cella_err *err)
+{
+	struct ratelimit_bucket scratch;
+	int r = bucket_init(&scratch, &cfg->bw, "bandwidth", err);
+	return r < 0 ? r : bucket_init(&scratch, &cfg->ops, "operations", err);
+}
+
 int ratelimit_init(struct ratelimit *rl, const struct ratelimit_cfg *cfg, struct cella_err *err)
 {
 	memset(rl, 0, sizeof(*rl));

@@ -50,6 +50,9 @@ struct ratelimit {
 /* True when cfg limits anything. */
 bool ratelimit_cfg_enabled(const struct ratelimit_cfg *cfg);
 
+/* Checks cfg's values as ratelimit_init does, without creating anything (config validation). */
+int ratelimit_cfg_check(const struct ratelimit_cfg *cfg, struct cella_err *err);
+
 /* Sets up rl from cfg (checks the values) and, when cfg limits anything, creates a non-blocking
  * CLOCK_MONOTONIC timerfd. rl is valid for ratelimit_destroy even when this fails. */
 int ratelimit_init(struct ratelimit *rl, const struct ratelimit_cfg *cfg, struct cella_err *err);
