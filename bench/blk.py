@@ -18,8 +18,9 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import sys
+
+from vmbench import log, report_vs_qemu
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(TOP, "build", "bench", "blk")
@@ -53,9 +54,6 @@ done
 echo DONE
 '''
 
-
-def log(msg=""):
-    print(msg, flush=True)
 
 
 def main():
@@ -99,17 +97,7 @@ def main():
             rates.setdefault(m.group(1), {})[int(m.group(2))] = DISK_MIB / secs
     log("")
     log(f"sequential read, {DISK_MIB} MiB, dd bs=1M iflag=direct in the guest (MiB/s, median of {args.r})")
-    for label in ("cella-vmm", "qemu"):
-        xs = list(rates.get(label, {}).values())
-        if xs:
-            log(f"  {label:<10} {statistics.median(xs):8.1f} MiB/s  (min {min(xs):.1f}, max {max(xs):.1f}, "
-                f"{len(xs)} runs)")
-    c, q = rates.get("cella-vmm", {}), rates.get("qemu", {})
-    if c and q:
-        ratio = statistics.median(c.values()) / statistics.median(q.values())
-        per_round = [c[i] / q[i] for i in c if i in q]
-        log(f"  cella-vmm/qemu: {ratio:.2f}x [target >= 1.00x: {'MET' if ratio >= 1 else 'NOT MET'}]; "
-            f"median of per-round ratios {statistics.median(per_round):.2f}x")
+    report_vs_qemu(rates, "runs")
     if "DONE" not in output:
         log(f"blk bench: sandbox script ended early (status {status})")
         return 1

@@ -23,6 +23,8 @@ import statistics
 import subprocess
 import sys
 
+from vmbench import log, report_vs_qemu
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(TOP, "build", "bench", "net")
 VMM_STATIC = os.path.join(TOP, "build", "cella-vmm-static")
@@ -63,9 +65,6 @@ tunctl -d tapb >/dev/null
 echo DONE
 '''
 
-
-def log(msg=""):
-    print(msg, flush=True)
 
 
 def main():
@@ -119,17 +118,7 @@ def main():
     log("")
     log(f"guest->host TCP, {args.m} MiB x {args.t} per boot, timed by netsink on the TAP side "
         f"(MiB/s, median over {args.r} boots of each boot's median)")
-    for label in ("cella-vmm", "qemu"):
-        xs = list(rates.get(label, {}).values())
-        if xs:
-            log(f"  {label:<10} {statistics.median(xs):8.1f} MiB/s  (min {min(xs):.1f}, max {max(xs):.1f}, "
-                f"{len(xs)} boots)")
-    c, q = rates.get("cella-vmm", {}), rates.get("qemu", {})
-    if c and q:
-        ratio = statistics.median(c.values()) / statistics.median(q.values())
-        per_round = [c[i] / q[i] for i in c if i in q]
-        log(f"  cella-vmm/qemu: {ratio:.2f}x [target >= 1.00x: {'MET' if ratio >= 1 else 'NOT MET'}]; "
-            f"median of per-round ratios {statistics.median(per_round):.2f}x")
+    report_vs_qemu(rates, "boots")
     if "DONE" not in output:
         log(f"net bench: sandbox script ended early (status {status})")
         return 1
