@@ -116,6 +116,101 @@ static int parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
+/* The items of a device flag ("--disk PATH,ro,bw=1M", "--net tap=t0,mac=...", "--vsock cid=3,uds=P"):
+ * one table of keys a device, walked by parse_opts, so every flag splits, converts and reports alike. */
+enum opt_type {
+	OPT_FIRST, /* the first item, whatever it holds (a disk's path) */
+	OPT_WORD,  /* a bare word, no "=VALUE" ("ro") */
+	OPT_TEXT,  /* KEY=any text */
+	OPT_SIZE,  /* KEY=a number with an optional K/M/G/T suffix (1024-based) */
+	OPT_NUM,   /* KEY=a plain number */
+};
+
+struct opt_key {
+	const char *name;	   /* the key; or NULL and names: */
+	const char *const *names;  /* several keys (NULL-terminated) that share type and setter */
+	enum opt_type type;
+	/* Stores the item in dev: text is the value (the word for OPT_WORD), num the converted number
+	 * (OPT_SIZE, OPT_NUM). 0 or -errno with err set. */
+	int (*set)(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err);
+};
+
+/* Index into keys of the entry for name (len bytes), or -1; OPT_FIRST has no name. */
+static int opt_find(const struct opt_key *keys, size_t nkeys, const char *name, size_t len)
+{
+	for (size_t i = 0; i < nkeys; i++) {
+		const char *one[] = { keys[i].name, NULL };
+		if (keys[i].type == OPT_FIRST)
+			continue;
+		for (const char *const *n = keys[i].name ? one : keys[i].names; *n; n++)
+			if (strlen(*n) == len && !strncmp(*n, name, len))
+				return (int)i;
+	}
+	return -1;
+}
+
+/* "ro, rw, id=, bw=, ..." for the unknown-option message. */
+static void opt_list(const struct opt_key *keys, size_t nkeys, char *buf, size_t size)
+{
+	size_t at = 0;
+	buf[0] = 0;
+	for (size_t i = 0; i < nkeys; i++) {
+		const char *one[] = { keys[i].name, NULL };
+		if (keys[i].type == OPT_FIRST)
+			continue;
+		for (const char *const *n = keys[i].name ? one : keys[i].names; *n && at < size; n++)
+			at += (size_t)snprintf(buf + at, size - at, "%s%s%s", at ? ", " : "", *n,
+					       keys[i].type == OPT_WORD ? "" : "=");
+	}
+}
+
+/* Splits spec at commas and hands each item to its key's setter; flag ("--disk") and spec name the
+ * flag in every error. *seen gets bit i for each keys[i] given (NULL: not wanted). */
+static int parse_opts(const char *flag, const char *spec, const struct opt_key *keys, size_t nkeys, void *dev,
+		      unsigned *seen, struct cella_err *err)
+{
+	_cleanup_free_ char *copy = strdup(spec);
+	if (!copy)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	unsigned got = 0;
+	char *save = NULL;
+	bool first = true;
+	for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save), first = false) {
+		char *eq = strchr(item, '=');
+		size_t klen = eq ? (size_t)(eq - item) : strlen(item);
+		int i = first && keys[0].type == OPT_FIRST ? 0 : opt_find(keys, nkeys, item, klen);
+		if (i < 0) {
+			char list[256];
+			opt_list(keys, nkeys, list, sizeof(list));
+			return cella_err_set(err, EINVAL, "%s %s: unknown option \"%.*s\" (%s)", flag, spec, (int)klen, item,
+					     list);
+		}
+		const struct opt_key *k = &keys[i];
+		const char *text = item;
+		uint64_t num = 0;
+		if (k->type == OPT_WORD && eq)
+			return cella_err_set(err, EINVAL, "%s %s: %.*s: takes no value, got \"%s\"", flag, spec, (int)klen,
+					     item, eq + 1);
+		if (k->type != OPT_FIRST && k->type != OPT_WORD) {
+			if (!eq)
+				return cella_err_set(err, EINVAL, "%s %s: %s: expected %s=VALUE", flag, spec, item, item);
+			*eq = 0;
+			text = eq + 1;
+		}
+		if (k->type == OPT_SIZE && parse_size(text, &num) < 0)
+			return cella_err_set(err, EINVAL, "%s %s: %s: expected a number (suffix K, M, G), got \"%s\"", flag,
+					     spec, item, text);
+		if (k->type == OPT_NUM && cella_parse_uint64(text, &num) < 0)
+			return cella_err_set(err, EINVAL, "%s %s: %s: expected a number, got \"%s\"", flag, spec, item, text);
+		if (k->set(dev, item, text, num, err) < 0)
+			return cella_err_wrap(err, "%s %s", flag, spec);
+		got |= 1u << i;
+	}
+	if (seen)
+		*seen = got;
+	return 0;
+}
+
 static int check_disk(const struct vmm_disk *d, const char *where, struct cella_err *err)
 {
 	if (!d->path || !*d->path)
@@ -125,44 +220,42 @@ static int check_disk(const struct vmm_disk *d, const char *where, struct cella_
 	return ratelimit_cfg_check(&d->rl, err) < 0 ? cella_err_wrap(err, "%s", where) : 0;
 }
 
+static int disk_path(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	return replace(&((struct vmm_disk *)dev)->path, text, err);
+}
+
+static int disk_mode(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	((struct vmm_disk *)dev)->ro = !strcmp(key, "ro");
+	return 0;
+}
+
+static int disk_id(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	return replace(&((struct vmm_disk *)dev)->id, text, err);
+}
+
+static int disk_rate(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	vmm_ratelimit_set(&((struct vmm_disk *)dev)->rl, key, num);
+	return 0;
+}
+
+static const struct opt_key disk_keys[] = {
+	{ NULL, NULL, OPT_FIRST, disk_path },
+	{ "ro", NULL, OPT_WORD, disk_mode },
+	{ "rw", NULL, OPT_WORD, disk_mode },
+	{ "id", NULL, OPT_TEXT, disk_id },
+	{ NULL, vmm_ratelimit_keys, OPT_SIZE, disk_rate },
+};
+
 int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_err *err)
 {
 	if (cfg->ndisks >= VMM_MAX_DISKS)
 		return cella_err_set(err, E2BIG, "--disk %s: at most %d disks", spec, VMM_MAX_DISKS);
-	_cleanup_free_ char *copy = strdup(spec);
-	if (!copy)
-		return cella_err_set(err, ENOMEM, "out of memory");
 	struct vmm_disk d = { 0 };
-	char *save = NULL;
-	int r = 0;
-	for (char *tok = strtok_r(copy, ",", &save); tok && r == 0; tok = strtok_r(NULL, ",", &save)) {
-		char *eq = strchr(tok, '=');
-		if (!d.path) {
-			d.path = strdup(tok);
-			if (!d.path)
-				r = cella_err_set(err, ENOMEM, "out of memory");
-		} else if (!strcmp(tok, "ro")) {
-			d.ro = true;
-		} else if (!strcmp(tok, "rw")) {
-			d.ro = false;
-		} else if (eq && !strncmp(tok, "id=", 3)) {
-			free(d.id);
-			d.id = strdup(eq + 1);
-			if (!d.id)
-				r = cella_err_set(err, ENOMEM, "out of memory");
-		} else if (eq) {
-			*eq = 0;
-			uint64_t v;
-			if (parse_size(eq + 1, &v) < 0)
-				r = cella_err_set(err, EINVAL, "--disk %s: %s: expected a number (suffix K, M, G), got \"%s\"",
-						  spec, tok, eq + 1);
-			else if (!vmm_ratelimit_set(&d.rl, tok, v))
-				r = cella_err_set(err, EINVAL, "--disk %s: unknown option \"%s\" (ro, id=, bw=, bw_refill_ms=, "
-						  "bw_burst=, iops=, iops_refill_ms=, iops_burst=)", spec, tok);
-		} else {
-			r = cella_err_set(err, EINVAL, "--disk %s: unknown option \"%s\"", spec, tok);
-		}
-	}
+	int r = parse_opts("--disk", spec, disk_keys, ARRAY_SIZE(disk_keys), &d, NULL, err);
 	if (r == 0) {
 		char where[64];
 		snprintf(where, sizeof(where), "--disk %s", d.path ? d.path : "");
@@ -199,38 +292,37 @@ static int check_net(struct vmm_net *n, const char *where, struct cella_err *err
 	return ratelimit_cfg_check(&n->rl, err) < 0 ? cella_err_wrap(err, "%s", where) : 0;
 }
 
+static int net_tap(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	return replace(&((struct vmm_net *)dev)->tap, text, err);
+}
+
+static int net_mac(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	return virtio_net_parse_mac(text, ((struct vmm_net *)dev)->mac, err);
+}
+
+static int net_rate(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	net_ratelimit_set(&((struct vmm_net *)dev)->rl, key, num);
+	return 0;
+}
+
+static const char *const net_pps_keys[] = { "pps", "pps_refill_ms", "pps_burst", NULL };
+
+static const struct opt_key net_keys[] = {
+	{ "tap", NULL, OPT_TEXT, net_tap },
+	{ "mac", NULL, OPT_TEXT, net_mac },
+	{ NULL, net_pps_keys, OPT_SIZE, net_rate },
+	{ NULL, vmm_ratelimit_keys, OPT_SIZE, net_rate },
+};
+
 int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err)
 {
 	if (cfg->nnets >= VMM_MAX_NETS)
 		return cella_err_set(err, E2BIG, "--net %s: at most %d network devices", spec, VMM_MAX_NETS);
-	_cleanup_free_ char *copy = strdup(spec);
-	if (!copy)
-		return cella_err_set(err, ENOMEM, "out of memory");
 	struct vmm_net n = { 0 };
-	char *save = NULL;
-	int r = 0;
-	for (char *tok = strtok_r(copy, ",", &save); tok && r == 0; tok = strtok_r(NULL, ",", &save)) {
-		char *eq = strchr(tok, '=');
-		if (!eq) {
-			r = cella_err_set(err, EINVAL, "--net %s: \"%s\": expected KEY=VALUE", spec, tok);
-		} else if (!strncmp(tok, "tap=", 4)) {
-			r = replace(&n.tap, eq + 1, err);
-		} else if (!strncmp(tok, "mac=", 4)) {
-			if ((r = virtio_net_parse_mac(eq + 1, n.mac, err)) < 0)
-				cella_err_wrap(err, "--net %s", spec);
-		} else {
-			*eq = 0;
-			uint64_t v;
-			if (!net_ratelimit_set(&n.rl, tok, 0)) /* the key first: "unknown option" beats "not a number" */
-				r = cella_err_set(err, EINVAL, "--net %s: unknown option \"%s\" (tap=, mac=, bw=, bw_refill_ms=, "
-						  "bw_burst=, pps= (or iops=), pps_refill_ms=, pps_burst=)", spec, tok);
-			else if (parse_size(eq + 1, &v) < 0)
-				r = cella_err_set(err, EINVAL, "--net %s: %s: expected a number (suffix K, M, G), got \"%s\"",
-						  spec, tok, eq + 1);
-			else
-				net_ratelimit_set(&n.rl, tok, v);
-		}
-	}
+	int r = parse_opts("--net", spec, net_keys, ARRAY_SIZE(net_keys), &n, NULL, err);
 	if (r == 0) {
 		char where[80];
 		snprintf(where, sizeof(where), "--net %s", spec);
@@ -410,28 +502,29 @@ fail:
 	return cella_err_wrap(err, "%s", path);
 }
 
+static int vsock_cid(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	((struct vmm_config *)dev)->vsock_cid = num;
+	return 0;
+}
+
+static int vsock_uds(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err)
+{
+	return replace(&((struct vmm_config *)dev)->vsock_uds, text, err);
+}
+
+static const struct opt_key vsock_keys[] = {
+	{ "cid", NULL, OPT_NUM, vsock_cid },
+	{ "uds", NULL, OPT_TEXT, vsock_uds },
+};
+
 int vmm_config_set_vsock(struct vmm_config *cfg, const char *spec, struct cella_err *err)
 {
-	_cleanup_free_ char *copy = strdup(spec);
-	if (!copy)
-		return cella_err_set(err, ENOMEM, "out of memory");
-	bool have_cid = false, have_uds = false;
-	char *save = NULL;
-	for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-		if (!strncmp(kv, "cid=", 4)) {
-			if (cella_parse_uint64(kv + 4, &cfg->vsock_cid) < 0)
-				return cella_err_set(err, EINVAL, "--vsock: cid: expected a number, got \"%s\"", kv + 4);
-			have_cid = true;
-		} else if (!strncmp(kv, "uds=", 4)) {
-			int r = replace(&cfg->vsock_uds, kv + 4, err);
-			if (r < 0)
-				return r;
-			have_uds = true;
-		} else {
-			return cella_err_set(err, EINVAL, "--vsock: unknown setting \"%s\" (expected cid=N,uds=PATH)", kv);
-		}
-	}
-	if (!have_cid || !have_uds)
+	unsigned seen;
+	int r = parse_opts("--vsock", spec, vsock_keys, ARRAY_SIZE(vsock_keys), cfg, &seen, err);
+	if (r < 0)
+		return r;
+	if (seen != 3) /* both */
 		return cella_err_set(err, EINVAL, "--vsock: expected cid=N,uds=PATH, got \"%s\"", spec);
 	return 0;
 }
