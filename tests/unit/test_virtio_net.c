@@ -356,26 +356,45 @@ static bool wait_used(unsigned q, uint16_t want, int ms)
 	return false;
 }
 
+static struct virtio_mmio saved_t;
+
+/* A second device on the same backend with limits rl, started with FULL and driven by the register
+ * helpers in place of the main one (they drive `t`) until limited_down. */
+static void limited_up(struct virtio_net *ln, struct virtio_mmio *lt, const char *name, const char *mac,
+		       const struct ratelimit_cfg *rl)
+{
+	struct cella_err err = { 0 };
+	struct virtio_net_backend be = { .fd = sp[0] };
+	TAP_OK(virtio_net_init(ln, name, (const uint8_t *)mac, &be, rl, &err) == 0 &&
+		       virtio_mmio_init(lt, &virtio_net_ops, ln, &host, 5, &mem, &err) == 0,
+	       "%s device and its transport%s%s", name, err.msg[0] ? ": " : "", err.msg);
+	virtio_net_attach(ln, lt);
+	saved_t = t;
+	t = *lt;
+	ln->t = &t;
+	start(FULL);
+	memset(at(DATA), 0, 12);
+}
+
+static void limited_down(struct virtio_net *ln, struct virtio_mmio *lt)
+{
+	wr(VIRTIO_MMIO_STATUS, 0);
+	t = saved_t;
+	virtio_mmio_destroy(lt);
+	virtio_net_destroy(ln);
+}
+
 static void test_ratelimit(void)
 {
 	/* TX limited to 2000 bytes per 100 ms (bucket starts full): a 1500-byte frame goes, the next
 	 * waits on the ring (not dropped) until the bucket has refilled */
-	struct cella_err err = { 0 };
 	struct virtio_net ln;
 	struct virtio_mmio lt;
 	struct ratelimit_cfg rl = { .bw = { .size = 2000, .refill_ms = 100 } };
-	struct virtio_net_backend be = { .fd = sp[0] };
-	TAP_OK(virtio_net_init(&ln, "limited", (const uint8_t *)"\x52\x54\x00\x12\x34\x57", &be, &rl, &err) == 0 &&
-		       ratelimit_fd(&ln.tx_rl) >= 0 && ratelimit_fd(&ln.rx_rl) >= 0, "limited device: a timer per direction");
-	TAP_OK(virtio_mmio_init(&lt, &virtio_net_ops, &ln, &host, 5, &mem, &err) == 0, "limited transport");
-	virtio_net_attach(&ln, &lt);
-	struct virtio_mmio saved = t;
-	t = lt; /* the register helpers drive `t` */
-	start(FULL);
-	memset(at(DATA), 0, 12);
+	limited_up(&ln, &lt, "limited", "\x52\x54\x00\x12\x34\x57", &rl);
+	TAP_OK(ratelimit_fd(&ln.tx_rl) >= 0 && ratelimit_fd(&ln.rx_rl) >= 0, "limited device: a timer per direction");
 	offer(1, (struct seg[]){ { DATA, 12, false }, { DATA + 0x1000, 1500, false } }, 2);
 	offer(1, (struct seg[]){ { DATA, 12, false }, { DATA + 0x1000, 1500, false } }, 2);
-	ln.t = &t;
 	virtio_net_tx(&ln);
 	uint8_t buf[2048];
 	TAP_OK(used_idx(1) == 1 && host_recv(buf, sizeof(buf)) == 1512 && ln.tx_rl.blocked,
@@ -400,21 +419,11 @@ static void test_ratelimit(void)
 	ratelimit_timer_event(&ln.rx_rl);
 	virtio_net_rx(&ln);
 	TAP_OK(used_idx(0) == 2 && ln.stats.rx_dropped == 0, "RX: ... then the second frame arrives");
-	wr(VIRTIO_MMIO_STATUS, 0);
-	t = saved;
-	virtio_mmio_destroy(&lt);
-	virtio_net_destroy(&ln);
+	limited_down(&ln, &lt);
 
 	/* packets per second: 2 per 100 ms; the third small frame waits for the ops bucket */
 	rl = (struct ratelimit_cfg){ .ops = { .size = 2, .refill_ms = 100 } };
-	TAP_OK(virtio_net_init(&ln, "pps", (const uint8_t *)"\x52\x54\x00\x12\x34\x59", &be, &rl, &err) == 0 &&
-		       virtio_mmio_init(&lt, &virtio_net_ops, &ln, &host, 5, &mem, &err) == 0, "pps-limited device");
-	virtio_net_attach(&ln, &lt);
-	saved = t;
-	t = lt;
-	ln.t = &t;
-	start(FULL);
-	memset(at(DATA), 0, 12);
+	limited_up(&ln, &lt, "pps-limited", "\x52\x54\x00\x12\x34\x59", &rl);
 	for (int i = 0; i < 3; i++)
 		offer(1, (struct seg[]){ { DATA, 12, false }, { DATA + 0x1000, 60, false } }, 2);
 	virtio_net_tx(&ln);
@@ -427,22 +436,12 @@ static void test_ratelimit(void)
 	ratelimit_timer_event(&ln.tx_rl);
 	virtio_net_tx(&ln);
 	TAP_OK(host_recv(buf, sizeof(buf)) == 72 && used_idx(1) == 3 && ln.stats.tx_dropped == 0, "pps: ... then the third");
-	wr(VIRTIO_MMIO_STATUS, 0);
-	t = saved;
-	virtio_mmio_destroy(&lt);
-	virtio_net_destroy(&ln);
+	limited_down(&ln, &lt);
 
 	/* the pace: 16 frames of 60000 bytes through 131072 bytes per 125 ms (1 MiB/s, bucket full at
 	 * the start) take (960000 - 131072) / 1048576 = 0.79 s */
 	rl = (struct ratelimit_cfg){ .bw = { .size = 131072, .refill_ms = 125 } };
-	TAP_OK(virtio_net_init(&ln, "paced", (const uint8_t *)"\x52\x54\x00\x12\x34\x58", &be, &rl, &err) == 0 &&
-		       virtio_mmio_init(&lt, &virtio_net_ops, &ln, &host, 5, &mem, &err) == 0, "paced device");
-	virtio_net_attach(&ln, &lt);
-	saved = t;
-	t = lt;
-	ln.t = &t;
-	start(FULL);
-	memset(at(DATA), 0, 12);
+	limited_up(&ln, &lt, "paced", "\x52\x54\x00\x12\x34\x58", &rl);
 	uint64_t t0 = cella_now_ns();
 	int sent = 0, got = 0;
 	static uint8_t big[65536];
@@ -463,10 +462,7 @@ static void test_ratelimit(void)
 	double secs = (cella_now_ns() - t0) / 1e9;
 	TAP_OK(got == 16 && ln.stats.tx_dropped == 0, "paced: 16 frames through, none dropped (%d)", got);
 	TAP_OK(secs > 0.79 * 0.9 && secs < 0.79 * 1.1, "paced: %.3f s for 0.79 s of tokens (1 MiB/s within 10%%)", secs);
-	wr(VIRTIO_MMIO_STATUS, 0);
-	t = saved;
-	virtio_mmio_destroy(&lt);
-	virtio_net_destroy(&ln);
+	limited_down(&ln, &lt);
 }
 
 static int kick[2] = { -1, -1 };
