@@ -113,12 +113,12 @@ fuzz_bins := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(fuzz_src))
 fuzz: $(fuzz_bins)
 FUZZ_FLAGS := -I. -D_GNU_SOURCE -std=gnu11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all
-build/fuzz/fuzz_virtqueue: tests/fuzz/fuzz_virtqueue.c vmm/virtio/queue.c base/err.c
+build/fuzz/fuzz_virtqueue: tests/fuzz/fuzz_virtqueue.c vmm/virtio/queue.c base/err.c tests/fuzz/fuzz_vq.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
-build/fuzz/fuzz_blk: tests/fuzz/fuzz_blk.c vmm/virtio/blk_req.c vmm/virtio/queue.c base/err.c
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
+build/fuzz/fuzz_blk: tests/fuzz/fuzz_blk.c vmm/virtio/blk_req.c vmm/virtio/queue.c base/err.c tests/fuzz/fuzz_vq.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
 build/fuzz/fuzz_api: tests/fuzz/fuzz_api.c vmm/api/http.c vmm/api/request.c base/json.c base/err.c base/util.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson

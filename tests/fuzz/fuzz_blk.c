@@ -1,7 +1,7 @@
 /* libFuzzer target: virtio-blk requests (blk_parse + blk_execute) over chains the virtqueue walker
  * pops from guest memory made of fuzzer bytes, against a 32 KiB memfd disk. Byte 0: queue size (low 3
  * bits), event-idx (bit 3), read-only disk (bit 4), a GET_ID serial (bit 5). The rest fills a 64 KiB
- * guest RAM: descriptors at 0, driver ring at 0x800, device ring at 0xa00. Every status byte and data
+ * guest RAM (the layout of fuzz_vq.h). Every status byte and data
  * buffer handed to the disk must lie inside RAM (ASan catches the rest), and a read-only disk's file
  * must never change. */
 #include <stddef.h>
@@ -12,10 +12,8 @@
 
 #include "base/err.h"
 #include "vmm/virtio/blk.h"
-#include "vmm/virtio/queue.h"
+#include "tests/fuzz/fuzz_vq.h"
 
-#define GPA 0x200000ull
-#define RAM 0x10000ull
 #define DISK_SECTORS 64u
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -33,7 +31,6 @@ static uint64_t disk_sum(int fd)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static _Alignas(16) uint8_t ram[RAM];
 	static struct vq_chain c;
 	static struct blk_req req;
 	static int fd = -1;
@@ -48,15 +45,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(disk.id, "fuzz-serial", 11);
 	uint64_t before = disk.ro ? disk_sum(fd) : 0;
 
-	uint16_t qsz = (uint16_t)(1u << (data[0] & 7));
-	bool event_idx = data[0] & 8;
-	size_t n = size - 1 < RAM ? size - 1 : RAM;
-	memset(ram, 0, sizeof(ram));
-	memcpy(ram, data + 1, n);
-	struct vq_mem mem = { .r = { { .gpa = GPA, .size = RAM, .host = ram } }, .n = 1 };
 	struct vq q;
-	if (vq_setup(&q, &mem, qsz, GPA, GPA + 0x800, GPA + 0xa00, event_idx, NULL) < 0)
-		__builtin_trap();
+	uint16_t qsz = fuzz_vq_setup(&q, data, size);
 	for (int k = 0; k < 2 * qsz + 2; k++) {
 		if (vq_pop(&q, &c, NULL) <= 0)
 			break;
@@ -64,11 +54,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			vq_push(&q, c.head, 0);
 			break; /* the device would need a reset */
 		}
-		if (req.status_ptr < ram || req.status_ptr >= ram + RAM)
+		if (!fuzz_in_ram(req.status_ptr, 1))
 			__builtin_trap();
 		for (unsigned i = 0; i < req.niov; i++)
-			if ((uint8_t *)req.iov[i].iov_base < ram ||
-			    (uint8_t *)req.iov[i].iov_base + req.iov[i].iov_len > ram + RAM)
+			if (!fuzz_in_ram(req.iov[i].iov_base, req.iov[i].iov_len))
 				__builtin_trap();
 		(void)blk_req_bytes(&req);
 		blk_execute(&disk, &req);
