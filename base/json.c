@@ -114,6 +114,21 @@ int cj_get_string(const json_t *obj, const char *path, const char *key, bool req
 	return 1;
 }
 
+int cj_get_strdup(const json_t *obj, const char *path, const char *key, bool required, char **out,
+		  struct cella_err *err)
+{
+	const char *s;
+	int r = cj_get_string(obj, path, key, required, &s, err);
+	if (r <= 0)
+		return r;
+	char *copy = strdup(s);
+	if (!copy)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	free(*out);
+	*out = copy;
+	return 1;
+}
+
 int cj_get_bool(const json_t *obj, const char *path, const char *key, bool required, bool *out,
 		struct cella_err *err)
 {

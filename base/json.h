@@ -34,6 +34,10 @@ int cj_expect_array(const json_t *j, const char *path, struct cella_err *err);
 /* Members of obj (which must be an object). On absence with required=true: "<path>.<key>: required". */
 int cj_get_string(const json_t *obj, const char *path, const char *key, bool required, const char **out,
 		  struct cella_err *err);
+/* Like cj_get_string, into a malloc'd copy: *out (NULL or malloc'd) is freed and replaced when the
+ * key is present, left alone when it is absent. */
+int cj_get_strdup(const json_t *obj, const char *path, const char *key, bool required, char **out,
+		  struct cella_err *err);
 int cj_get_bool(const json_t *obj, const char *path, const char *key, bool required, bool *out,
 		struct cella_err *err);
 int cj_get_int64(const json_t *obj, const char *path, const char *key, bool required, int64_t *out,

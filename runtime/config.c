@@ -48,26 +48,11 @@ static bool is_abs(const char *s)
 
 /* ---- small getters that copy into the struct ---- */
 
-static int get_str(const json_t *obj, const char *path, const char *key, bool required, char **out,
-		   struct cella_err *err)
-{
-	const char *s;
-	int r = cj_get_string(obj, path, key, required, &s, err);
-	if (r <= 0)
-		return r;
-	char *d = strdup(s);
-	if (!d)
-		return enomem(err);
-	free(*out);
-	*out = d;
-	return 1;
-}
-
 /* A string that must be an absolute path. */
 static int get_abs(const json_t *obj, const char *path, const char *key, bool required, char **out,
 		   struct cella_err *err)
 {
-	int r = get_str(obj, path, key, required, out, err);
+	int r = cj_get_strdup(obj, path, key, required, out, err);
 	if (r <= 0)
 		return r;
 	if (!is_abs(*out)) {
@@ -258,7 +243,7 @@ static int parse_rlimit(const json_t *j, const char *path, void *elem, struct ce
 {
 	struct oci_rlimit *rl = elem;
 	char sub[CJ_PATH_MAX];
-	TRY(get_str(j, path, "type", true, &rl->type, err));
+	TRY(cj_get_strdup(j, path, "type", true, &rl->type, err));
 	cj_subpath(sub, sizeof(sub), path, "type");
 	rl->resource = cella_rlimit_from_name(rl->type);
 	if (rl->resource < 0)
@@ -285,7 +270,7 @@ static int parse_user(const json_t *proc, const char *path, struct oci_user *u, 
 	TRY(cj_get_uint32(user, sub, "gid", true, &v, err));
 	u->gid = v;
 	TRY(get_opt_u32(user, sub, "umask", &u->umask, err));
-	TRY(get_str(user, sub, "username", false, &u->username, err));
+	TRY(cj_get_strdup(user, sub, "username", false, &u->username, err));
 	r = cj_get_array(user, sub, "additionalGids", false, &arr, err);
 	if (r <= 0)
 		return r;
@@ -366,8 +351,8 @@ int oci_process_parse(const json_t *j, const char *path, struct oci_process *p, 
 	TRY(get_opt_i64(j, path, "oomScoreAdj", &p->oom_score_adj, err));
 	if (p->oom_score_adj.set && (p->oom_score_adj.v < -1000 || p->oom_score_adj.v > 1000))
 		return range_err(path, "oomScoreAdj", p->oom_score_adj.v, -1000, 1000, err);
-	TRY(get_str(j, path, "apparmorProfile", false, &p->apparmor_profile, err));
-	TRY(get_str(j, path, "selinuxLabel", false, &p->selinux_label, err));
+	TRY(cj_get_strdup(j, path, "apparmorProfile", false, &p->apparmor_profile, err));
+	TRY(cj_get_strdup(j, path, "selinuxLabel", false, &p->selinux_label, err));
 	return 0;
 }
 
@@ -554,8 +539,8 @@ static int parse_mount(const json_t *j, const char *path, void *elem, struct cel
 {
 	struct oci_mount *m = elem;
 	TRY(get_abs(j, path, "destination", true, &m->destination, err));
-	TRY(get_str(j, path, "type", false, &m->type, err));
-	TRY(get_str(j, path, "source", false, &m->source, err));
+	TRY(cj_get_strdup(j, path, "type", false, &m->type, err));
+	TRY(cj_get_strdup(j, path, "source", false, &m->source, err));
 	TRY(get_strv(j, path, "options", &m->options, err));
 	TRY(get_obj_array(j, path, "uidMappings", sizeof(struct oci_id_mapping), (void **)&m->uid_mappings,
 			  &m->n_uid_mappings, parse_mapping, err));
@@ -893,11 +878,11 @@ static int parse_cpu(const json_t *res, const char *path, struct oci_resources *
 	TRY(get_opt_i64(j, p, "idle", &c->idle, err));
 	if (c->idle.set && c->idle.v != 0 && c->idle.v != 1)
 		return range_err(p, "idle", c->idle.v, 0, 1, err);
-	TRY(get_str(j, p, "cpus", false, &c->cpus, err));
+	TRY(cj_get_strdup(j, p, "cpus", false, &c->cpus, err));
 	cj_subpath(sub, sizeof(sub), p, "cpus");
 	if (c->cpus)
 		TRY(check_cpuset_list(c->cpus, sub, err));
-	TRY(get_str(j, p, "mems", false, &c->mems, err));
+	TRY(cj_get_strdup(j, p, "mems", false, &c->mems, err));
 	cj_subpath(sub, sizeof(sub), p, "mems");
 	if (c->mems)
 		TRY(check_cpuset_list(c->mems, sub, err));
@@ -974,7 +959,7 @@ static int parse_blkio(const json_t *res, const char *path, struct oci_resources
 static int parse_hugepage(const json_t *j, const char *path, void *elem, struct cella_err *err)
 {
 	struct oci_hugepage_limit *h = elem;
-	TRY(get_str(j, path, "pageSize", true, &h->page_size, err));
+	TRY(cj_get_strdup(j, path, "pageSize", true, &h->page_size, err));
 	TRY(cj_get_uint64(j, path, "limit", true, &h->limit, err));
 	return 0;
 }
@@ -1064,7 +1049,7 @@ static int check_enum_strv(char **v, const char *path, const char *key, const ch
 
 static int get_action(const json_t *j, const char *path, const char *key, char **out, struct cella_err *err)
 {
-	int r = get_str(j, path, key, true, out, err);
+	int r = cj_get_strdup(j, path, key, true, out, err);
 	if (r <= 0)
 		return r;
 	if (!in_list(seccomp_actions, *out)) {
@@ -1085,7 +1070,7 @@ static int parse_seccomp_arg(const json_t *j, const char *path, void *elem, stru
 	a->index = index;
 	TRY(cj_get_uint64(j, path, "value", true, &a->value, err));
 	TRY(cj_get_uint64(j, path, "valueTwo", false, &a->value_two, err));
-	TRY(get_str(j, path, "op", true, &a->op, err));
+	TRY(cj_get_strdup(j, path, "op", true, &a->op, err));
 	if (!in_list(seccomp_ops, a->op))
 		return cella_err_set(err, EINVAL, "%s.op: unknown seccomp operator \"%s\"", path, a->op);
 	return 0;
@@ -1124,7 +1109,7 @@ static int parse_seccomp(const json_t *lnx, struct oci_linux *l, struct cella_er
 	TRY(get_strv(j, p, "flags", &s->flags, err));
 	TRY(check_enum_strv(s->flags, p, "flags", seccomp_flags, "seccomp flag", err));
 	TRY(get_abs(j, p, "listenerPath", false, &s->listener_path, err));
-	TRY(get_str(j, p, "listenerMetadata", false, &s->listener_metadata, err));
+	TRY(cj_get_strdup(j, p, "listenerMetadata", false, &s->listener_metadata, err));
 	TRY(get_obj_array(j, p, "syscalls", sizeof(*s->syscalls), (void **)&s->syscalls, &s->n_syscalls,
 			  parse_syscall, err));
 	if (!s->listener_path) {
@@ -1177,7 +1162,7 @@ static int parse_personality(const json_t *lnx, struct oci_linux *l, struct cell
 	int r = cj_get_object(lnx, "linux", "personality", false, &j, err);
 	if (r <= 0)
 		return r;
-	TRY(get_str(j, p, "domain", true, &l->personality_domain, err));
+	TRY(cj_get_strdup(j, p, "domain", true, &l->personality_domain, err));
 	if (strcmp(l->personality_domain, "LINUX") && strcmp(l->personality_domain, "LINUX32"))
 		return cella_err_set(err, EINVAL, "%s.domain: unknown personality \"%s\" (expected LINUX or LINUX32)",
 				     p, l->personality_domain);
@@ -1201,7 +1186,7 @@ static int parse_linux(const json_t *doc, struct oci_config *cfg, struct cella_e
 			  &l->n_gid_mappings, parse_mapping, err));
 	TRY(get_obj_array(j, p, "devices", sizeof(*l->devices), (void **)&l->devices, &l->n_devices,
 			  parse_device, err));
-	TRY(get_str(j, p, "cgroupsPath", false, &l->cgroups_path, err));
+	TRY(cj_get_strdup(j, p, "cgroupsPath", false, &l->cgroups_path, err));
 	TRY(parse_resources(j, l, err));
 
 	const char *prop = NULL;
@@ -1215,7 +1200,7 @@ static int parse_linux(const json_t *doc, struct oci_config *cfg, struct cella_e
 	TRY(get_abs_strv(j, p, "maskedPaths", &l->masked_paths, err));
 	TRY(get_abs_strv(j, p, "readonlyPaths", &l->readonly_paths, err));
 	TRY(get_kv(j, p, "sysctl", &l->sysctl, &l->n_sysctl, err));
-	TRY(get_str(j, p, "mountLabel", false, &l->mount_label, err));
+	TRY(cj_get_strdup(j, p, "mountLabel", false, &l->mount_label, err));
 	TRY(parse_seccomp(j, l, err));
 	TRY(parse_personality(j, l, err));
 	return 1;
@@ -1312,7 +1297,7 @@ static int parse_root(const json_t *doc, struct oci_config *cfg, struct cella_er
 	json_t *j;
 	TRY(cj_get_object(doc, "", "root", true, &j, err));
 	cfg->has_root = true;
-	TRY(get_str(j, "root", "path", true, &cfg->root.path, err));
+	TRY(cj_get_strdup(j, "root", "path", true, &cfg->root.path, err));
 	if (!*cfg->root.path)
 		return cella_err_set(err, EINVAL, "root.path: must not be empty");
 	TRY(cj_get_bool(j, "root", "readonly", false, &cfg->root.readonly, err));
@@ -1321,7 +1306,7 @@ static int parse_root(const json_t *doc, struct oci_config *cfg, struct cella_er
 
 static int parse_doc(const json_t *doc, struct oci_config *cfg, struct cella_err *err)
 {
-	TRY(get_str(doc, "", "ociVersion", true, &cfg->oci_version, err));
+	TRY(cj_get_strdup(doc, "", "ociVersion", true, &cfg->oci_version, err));
 	TRY(parse_root(doc, cfg, err));
 
 	json_t *proc;
@@ -1329,8 +1314,8 @@ static int parse_doc(const json_t *doc, struct oci_config *cfg, struct cella_err
 	cfg->has_process = true;
 	TRY(oci_process_parse(proc, "process", &cfg->process, err));
 
-	TRY(get_str(doc, "", "hostname", false, &cfg->hostname, err));
-	TRY(get_str(doc, "", "domainname", false, &cfg->domainname, err));
+	TRY(cj_get_strdup(doc, "", "hostname", false, &cfg->hostname, err));
+	TRY(cj_get_strdup(doc, "", "domainname", false, &cfg->domainname, err));
 	TRY(get_obj_array(doc, "", "mounts", sizeof(struct oci_mount), (void **)&cfg->mounts, &cfg->n_mounts,
 			  parse_mount, err));
 	TRY(parse_hooks(doc, &cfg->hooks, err));

@@ -363,7 +363,7 @@ static int load_nets(struct vmm_config *cfg, const json_t *arr, struct cella_err
 			return r;
 		struct vmm_net n = { 0 };
 		const char *s;
-		if ((r = cj_get_string(o, path, "tap", true, &s, err)) < 0 || (r = replace(&n.tap, s, err)) < 0)
+		if ((r = cj_get_strdup(o, path, "tap", true, &n.tap, err)) < 0)
 			goto bad;
 		if ((r = cj_get_string(o, path, "mac", false, &s, err)) < 0 ||
 		    (r > 0 && (r = virtio_net_parse_mac(s, n.mac, err)) < 0)) {
@@ -415,10 +415,9 @@ static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_er
 		if ((r = cj_expect_object(o, path, err)) < 0 || (r = cj_reject_unknown(o, path, known, err)) < 0)
 			return r;
 		struct vmm_disk d = { 0 };
-		const char *s;
-		if ((r = cj_get_string(o, path, "path", true, &s, err)) < 0 || (r = replace(&d.path, s, err)) < 0)
+		if ((r = cj_get_strdup(o, path, "path", true, &d.path, err)) < 0)
 			goto bad;
-		if ((r = cj_get_string(o, path, "id", false, &s, err)) < 0 || (r > 0 && (r = replace(&d.id, s, err)) < 0))
+		if ((r = cj_get_strdup(o, path, "id", false, &d.id, err)) < 0)
 			goto bad;
 		if ((r = cj_get_bool(o, path, "ro", false, &d.ro, err)) < 0)
 			goto bad;
@@ -453,12 +452,11 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 	bool b;
 	if ((r = cj_expect_object(j, "config", err)) < 0 || (r = cj_reject_unknown(j, "", known, err)) < 0)
 		goto fail;
-	if ((r = cj_get_string(j, "", "kernel", false, &s, err)) < 0 || (r > 0 && (r = replace(&cfg->kernel, s, err)) < 0))
+	if ((r = cj_get_strdup(j, "", "kernel", false, &cfg->kernel, err)) < 0)
 		goto fail;
-	if ((r = cj_get_string(j, "", "initrd", false, &s, err)) < 0 || (r > 0 && (r = replace(&cfg->initrd, s, err)) < 0))
+	if ((r = cj_get_strdup(j, "", "initrd", false, &cfg->initrd, err)) < 0)
 		goto fail;
-	if ((r = cj_get_string(j, "", "cmdline", false, &s, err)) < 0 ||
-	    (r > 0 && (r = replace(&cfg->cmdline, s, err)) < 0))
+	if ((r = cj_get_strdup(j, "", "cmdline", false, &cfg->cmdline, err)) < 0)
 		goto fail;
 	if ((r = cj_get_string(j, "", "console", false, &s, err)) < 0 ||
 	    (r > 0 && (r = vmm_config_set_console(cfg, s, err)) < 0))
@@ -493,7 +491,7 @@ static int from_json(struct vmm_config *cfg, json_t *j, const char *path, struct
 		uint64_t cid;
 		if ((r = cj_reject_unknown(vs, "vsock", vknown, err)) < 0 ||
 		    (r = cj_get_uint64(vs, "vsock", "cid", true, &cid, err)) < 0 ||
-		    (r = cj_get_string(vs, "vsock", "uds", true, &s, err)) < 0 || (r = replace(&cfg->vsock_uds, s, err)) < 0)
+		    (r = cj_get_strdup(vs, "vsock", "uds", true, &cfg->vsock_uds, err)) < 0)
 			goto fail;
 		cfg->vsock_cid = cid;
 	}

@@ -71,6 +71,11 @@ static void test_json(void)
 	TAP_OK(cj_get_int64(a, "a", "zz", false, &v, &err) == 0, "absent optional is 0");
 	TAP_OK(cj_get_int64(a, "a", "zz", true, &v, &err) < 0, "absent required fails");
 	TAP_STREQ(err.msg, "a.zz: required", "required message");
+	_cleanup_free_ char *dup = strdup("old");
+	TAP_OK(cj_get_strdup(a, "a", "zz", false, &dup, &err) == 0 && !strcmp(dup, "old"), "strdup: absent keeps the value");
+	TAP_OK(cj_get_strdup(a, "a", "n", false, &dup, &err) == 1 && !strcmp(dup, "1G"), "strdup: present replaces it");
+	TAP_OK(cj_get_strdup(a, "a", "m", false, &dup, &err) == -EINVAL && !strcmp(dup, "1G"), "strdup: wrong type fails");
+	TAP_STREQ(err.msg, "a.m: expected string, got integer", "strdup: error names path and type");
 	char **sv = NULL;
 	TAP_OK(cj_get_strv(a, "a", "s", false, &sv, &err) < 0, "mixed array rejected");
 	TAP_STREQ(err.msg, "a.s[1]: expected string, got integer", "array element path");

@@ -134,18 +134,14 @@ static int route(const char *path, int m, struct api_action *a, struct cella_err
 
 /* --- bodies --- */
 
+/* A required string must not be empty either. */
 static int dup_string(const json_t *j, const char *path, const char *key, bool required, char **out,
 		      struct cella_err *err)
 {
-	const char *s;
-	int r = cj_get_string(j, path, key, required, &s, err);
-	if (r <= 0)
-		return r;
-	if (!*s && required)
+	int r = cj_get_strdup(j, path, key, required, out, err);
+	if (r > 0 && required && !**out)
 		return cella_err_set(err, EINVAL, "%s.%s: must not be empty", path, key);
-	if (!(*out = strdup(s)))
-		return cella_err_set(err, ENOMEM, "out of memory");
-	return 1;
+	return r;
 }
 
 static int parse_bucket(const json_t *rl, const char *path, const char *key, struct api_bucket *b,
