@@ -88,6 +88,7 @@ struct vsock {
 	struct orphan orphans[ORPHAN_RING];
 	unsigned orphan_head, orphan_n;
 	bool rx_held; /* rx_chain was popped and not used yet */
+	bool reset_owed; /* a TRANSPORT_RESET waits for an event buffer */
 	struct vq_chain rx_chain, tx_chain, ev_chain;
 	uint8_t scratch[VSOCK_MAX_PKT];
 	/* rate-limited logging */
@@ -948,6 +949,8 @@ static void vsock_read_config(void *dev, uint32_t off, uint8_t *data, uint32_t l
 		memcpy(data, cfg + off, len <= 8 - off ? len : 8 - off);
 }
 
+static void send_reset_event(struct vsock *v);
+
 static void vsock_notify(void *dev, struct virtio_mmio *t, unsigned q)
 {
 	struct vsock *v = dev;
@@ -957,6 +960,8 @@ static void vsock_notify(void *dev, struct virtio_mmio *t, unsigned q)
 	/* new rx buffers, or packets the tx queue made us owe; the event queue's buffers wait for an event */
 	if (q != VSOCK_EVQ)
 		rx_pump(v);
+	else
+		send_reset_event(v);
 }
 
 static void drop_all(struct vsock *v)
@@ -964,13 +969,33 @@ static void drop_all(struct vsock *v)
 	while (v->nconns)
 		conn_free(v, v->conns[v->nconns - 1]);
 	v->orphan_n = v->orphan_head = 0;
-	v->rx_held = false;
 	v->next_port = EPHEMERAL_FIRST;
 }
 
 static void vsock_reset(void *dev)
 {
-	drop_all(dev); /* the queues are gone; host clients see their sockets close */
+	struct vsock *v = dev;
+	drop_all(v); /* the queues are gone; host clients see their sockets close */
+	v->rx_held = v->reset_owed = false;
+}
+
+/* Paused (for a snapshot): an rx buffer rx_pump took from the ring and has not used yet is, in the
+ * saved queue state, neither available nor used; a VM restored from that snapshot could never give
+ * it back, and the guest would be one rx buffer short for good. So it goes back to the ring (the
+ * last one taken, nothing pushed since: vq_unpop_n's contract); the next rx_pump takes it again. */
+static void vsock_pause(void *dev)
+{
+	struct vsock *v = dev;
+	if (!v->t)
+		return;
+	virtio_mmio_lock(v->t);
+	if (v->rx_held) {
+		struct vq *q = virtio_mmio_queue(v->t, VSOCK_RXQ);
+		if (q)
+			vq_unpop_n(q, 1);
+		v->rx_held = false;
+	}
+	virtio_mmio_unlock(v->t);
 }
 
 static int vsock_load(void *dev, struct snap_sec *s, struct cella_err *err);
@@ -983,19 +1008,20 @@ const struct virtio_dev_ops virtio_vsock_ops = {
 	.read_config = vsock_read_config,
 	.notify = vsock_notify,
 	.reset = vsock_reset,
+	.pause = vsock_pause,
 	.load = vsock_load,
 };
 
-/* Lock held (or no transport). */
-static void transport_reset(struct vsock *v)
+/* Sends the owed TRANSPORT_RESET event if the driver gave an event buffer. Lock held. */
+static void send_reset_event(struct vsock *v)
 {
-	drop_all(v);
-	struct vq *q = v->t ? virtio_mmio_queue(v->t, VSOCK_EVQ) : NULL;
+	struct vq *q = v->t && v->reset_owed ? virtio_mmio_queue(v->t, VSOCK_EVQ) : NULL;
 	struct cella_err err = { 0 };
 	int r = q ? vq_pop(q, &v->ev_chain, &err) : 0;
 	if (r < 0) {
 		virtio_mmio_fail(v->t, err.msg);
 	} else if (r > 0) {
+		v->reset_owed = false;
 		uint32_t id = htole32(VSOCK_EVENT_TRANSPORT_RESET);
 		uint32_t n = v->ev_chain.in_bytes >= 4 ? (uint32_t)chain_copy(&v->ev_chain, true, 0, &id, 4, true) : 0;
 		vq_push(q, v->ev_chain.head, n);
@@ -1003,6 +1029,15 @@ static void transport_reset(struct vsock *v)
 			v->stats.events_sent++;
 		virtio_mmio_used(v->t, VSOCK_EVQ);
 	}
+}
+
+/* Lock held (or no transport). Without an event buffer now, the event goes when the driver posts
+ * one: a guest that never hears of the reset would keep connections nobody serves. */
+static void transport_reset(struct vsock *v)
+{
+	drop_all(v);
+	v->reset_owed = true;
+	send_reset_event(v);
 }
 
 void vsock_transport_reset(struct vsock *v)
