@@ -63,7 +63,10 @@ static const char usage[] =
 	"                       (the control API's PUT /snapshot/create is the other way in)\n"
 	"  --restore DIR        run the VM saved in DIR/state + DIR/memory instead of booting: the\n"
 	"                       machine (kernel, cpus, memory, devices) is the snapshot's; --cpus and\n"
-	"                       --memory, if given, must match it\n"
+	"                       --memory, if given, must match it. Disks are reopened at their paths\n"
+	"                       (same size: the guest remembers it), TAPs attached (or created) by name,\n"
+	"                       the vsock socket created again; vsock connections do not survive (the\n"
+	"                       guest gets a transport reset), a frame in flight on a NIC may be lost\n"
 	"  --api-sock PATH      control API (HTTP/1.1 + JSON, Firecracker's endpoints) on a unix socket\n"
 	"                       created mode 0600 and removed on exit; without --kernel the VM waits for\n"
 	"                       PUT /boot-source, /machine-config and PUT /actions InstanceStart\n"
@@ -252,9 +255,10 @@ int main(int argc, char **argv)
 	if (restore) {
 		/* The snapshot says what the machine is; only these may be given with it. */
 		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng || flags.pit ||
-		    flags.vsock_uds) {
+		    flags.vsock_uds || flags.ndisks || flags.nnets) {
 			status = fail("--restore: the machine comes from the snapshot; --config, --kernel, --initrd, "
-				      "--cmdline, --rng, --pit and --vsock cannot be given with it");
+				      "--cmdline, --rng, --pit, --vsock, --disk and --net cannot be given with it "
+				      "(its disks, TAPs and vsock socket are the ones it was taken with)");
 			goto out;
 		}
 		cfg.restore_state = cella_path_join(restore, VMM_SNAPSHOT_STATE_FILE);

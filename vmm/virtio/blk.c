@@ -17,6 +17,7 @@
 #include "base/log.h"
 #include "base/util.h"
 #include "vmm/iothread.h"
+#include "vmm/snapfile.h"
 #include "vmm/virtio/mmio.h"
 #include "vmm/vm.h"
 
@@ -121,6 +122,28 @@ static void blk_free(void *dev)
 	free(b);
 }
 
+/* Snapshot: the disk's size as the guest saw it. The restored guest remembers that capacity, so a disk
+ * file that grew or shrank since would hand it the wrong blocks or errors: refused with the sizes. */
+static int blk_save(void *dev, struct snap_writer *w, struct cella_err *err)
+{
+	struct blk *b = dev;
+	snap_put_u64(w, b->disk.sectors);
+	return 0;
+}
+
+static int blk_load(void *dev, struct snap_sec *s, struct cella_err *err)
+{
+	struct blk *b = dev;
+	uint64_t sectors = snap_get_u64(s);
+	if (s->bad)
+		return 0; /* snap_sec_done names the short section */
+	if (sectors != b->disk.sectors)
+		return cella_err_set(err, EINVAL, "disk %s: %" PRIu64 " sectors of 512 bytes now, %" PRIu64 " when the "
+				     "snapshot was taken: restore with the disk as it was then", b->path, b->disk.sectors,
+				     sectors);
+	return 0;
+}
+
 static const struct virtio_dev_ops blk_ops_rw = {
 	.name = "virtio-blk",
 	.device_id = VIRTIO_ID_BLOCK,
@@ -130,6 +153,8 @@ static const struct virtio_dev_ops blk_ops_rw = {
 	.config_len = BLK_CONFIG_LEN,
 	.read_config = blk_config,
 	.notify = blk_notify,
+	.save = blk_save,
+	.load = blk_load,
 };
 
 static const struct virtio_dev_ops blk_ops_ro = {
@@ -141,6 +166,8 @@ static const struct virtio_dev_ops blk_ops_ro = {
 	.config_len = BLK_CONFIG_LEN,
 	.read_config = blk_config,
 	.notify = blk_notify,
+	.save = blk_save,
+	.load = blk_load,
 };
 
 /* Opens, locks and sizes a disk file or block device. */
