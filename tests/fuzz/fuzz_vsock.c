@@ -249,6 +249,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			vd_rx_post(8);
 			break;
 		case 10:
+			if (op & 0x10) {
+				/* paused for a snapshot: no rx buffer may stay popped and unused */
+				virtio_vsock_ops.pause(v);
+				struct vq *rq = virtio_mmio_queue(&vd_t, VSOCK_RXQ);
+				if (rq && rq->last_avail != rq->used_idx)
+					__builtin_trap();
+				break;
+			}
 			vd_ev_post();
 			vsock_transport_reset(v);
 			break;
