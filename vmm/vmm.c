@@ -154,7 +154,11 @@ static void setup_gmem(struct vm *vm)
 								   .host = vm->ram + low };
 }
 
-/* The DSDT lists every virtio-mmio device (Debian's kernel lacks the virtio_mmio.device= option). */
+/* The DSDT lists every virtio-mmio device (Debian's kernel lacks the virtio_mmio.device= option)
+ * and the i8042, where add_devices puts it. */
+_Static_assert(I8042_DATA_PORT == X86_ACPI_I8042_DATA_PORT && I8042_CMD_PORT == X86_ACPI_I8042_CMD_PORT &&
+		       I8042_KBD_IRQ == X86_ACPI_I8042_IRQ,
+	       "the DSDT's keyboard controller is the i8042 at its ports and IRQ");
 static int write_acpi(struct vm *vm, const struct vmm_config *cfg, struct cella_err *err)
 {
 	struct x86_guest_mem gm = { .host = vm->ram, .size = vm->ram_size };

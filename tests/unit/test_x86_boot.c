@@ -600,15 +600,29 @@ static void test_acpi(unsigned ncpus)
 	       fadt[148] == 1 && fadt[172] == 1, "X_PM1a blocks in system I/O space");
 	TAP_OK(rd16(fadt + 46) == 9, "SCI IRQ 9");
 	TAP_OK(!(rd32(fadt + 112) & (1u << 20)), "HW_REDUCED_ACPI not set");
-	TAP_OK((rd16(fadt + 109) & 0x26) == 0x24, "IAPC_BOOT_ARCH: no VGA, no CMOS RTC, no 8042 to probe");
+	TAP_OK((rd16(fadt + 109) & 0x26) == 0x26, "IAPC_BOOT_ARCH: no VGA, no CMOS RTC, an 8042");
 	uint8_t *facs = x86_guest_ptr(&m, rd32(fadt + 36), 64);
 	TAP_OK(facs && memcmp(facs, "FACS", 4) == 0 && rd32(fadt + 36) % 64 == 0, "FACS present, 64-byte aligned");
 	uint8_t *dsdt = acpi_table(&m, rd64(fadt + 140), "DSDT");
 	TAP_OK(dsdt && rd32(fadt + 40) == rd64(fadt + 140), "DSDT valid, DSDT and X_DSDT agree");
 	const uint8_t s5[] = { 0x08, '_', 'S', '5', '_', 0x12, 0x08, 0x04, 0x0a, X86_ACPI_S5_SLP_TYP,
 			       0x0a, X86_ACPI_S5_SLP_TYP, 0x00, 0x00 };
-	TAP_OK(dsdt && rd32(dsdt + 4) == 36 + sizeof(s5) && memcmp(dsdt + 36, s5, sizeof(s5)) == 0,
-	       "DSDT AML: Name(_S5_, Package(){%u, %u, 0, 0})", X86_ACPI_S5_SLP_TYP, X86_ACPI_S5_SLP_TYP);
+	TAP_OK(dsdt && memcmp(dsdt + 36, s5, sizeof(s5)) == 0, "DSDT AML: Name(_S5_, Package(){%u, %u, 0, 0})",
+	       X86_ACPI_S5_SLP_TYP, X86_ACPI_S5_SLP_TYP);
+	/* Scope (\_SB) { Device (KBD_) { Name (_HID, EisaId ("PNP0303")), Name (_CRS, ResourceTemplate () {
+	 * IO (Decode16, 0x60, 0x60, 1, 1), IO (Decode16, 0x64, 0x64, 1, 1), IRQNoFlags () {1} }) } },
+	 * encoded by hand from the ACPI spec's AML grammar and small resource descriptor formats. */
+	const uint8_t kbd[] = { 0x10, 0x35, '\\', '_', 'S', 'B', '_',
+				0x5b, 0x82, 0x2d, 'K', 'B', 'D', '_',
+				0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x03, 0x03,
+				0x08, '_', 'C', 'R', 'S', 0x11, 0x18, 0x0a, 0x15,
+				0x47, 0x01, 0x60, 0x00, 0x60, 0x00, 0x01, 0x01,
+				0x47, 0x01, 0x64, 0x00, 0x64, 0x00, 0x01, 0x01,
+				0x22, 0x02, 0x00,
+				0x79, 0x00 };
+	TAP_OK(dsdt && rd32(dsdt + 4) == 36 + sizeof(s5) + sizeof(kbd) &&
+		       memcmp(dsdt + 36 + sizeof(s5), kbd, sizeof(kbd)) == 0,
+	       "DSDT AML: \\_SB.KBD_, PNP0303 at IO 0x60 and 0x64, IRQ 1, and nothing else");
 
 	TAP_OK(rd32(madt + 36) == 0xfee00000 && (rd32(madt + 40) & 1), "MADT: LAPIC address, PCAT_COMPAT");
 	unsigned lapics = 0, ioapics = 0, irq0_override = 0;
@@ -633,6 +647,61 @@ static void test_acpi(unsigned ncpus)
 	}
 	TAP_OK(ok && lapics == ncpus && ioapics == 1, "MADT: %u local APICs, one IOAPIC (id %u)", lapics, ncpus);
 	TAP_OK(irq0_override == 0, "no IRQ0 override (KVM routes GSI 0 to pin 0)");
+	mem_free(&m);
+}
+
+/* AML PkgLength at p: its value (which counts its own bytes) and, in *size, how many bytes it takes. */
+static uint32_t pkglen(const uint8_t *p, unsigned *size)
+{
+	unsigned extra = p[0] >> 6;
+	uint32_t v = extra ? p[0] & 0xf : p[0] & 0x3f;
+	for (unsigned i = 0; i < extra; i++)
+		v |= (uint32_t)p[1 + i] << (4 + 8 * i);
+	*size = 1 + extra;
+	return v;
+}
+
+/* With virtio devices, \_SB holds KBD_ and then VR00.., each Device's PkgLength ending where the
+ * next begins and the last where the scope (now longer than a one-byte PkgLength) ends. */
+static void test_acpi_devs(void)
+{
+	struct cella_err err = { 0 };
+	struct x86_guest_mem m = mem_new(64 * MiB);
+	struct x86_acpi_dev devs[X86_ACPI_MAX_DEVS];
+	for (unsigned i = 0; i < X86_ACPI_MAX_DEVS; i++)
+		devs[i] = (struct x86_acpi_dev){ 0xd0000000u + i * 0x1000, 0x200, 5 + i };
+	TAP_OK(x86_write_acpi_devs(&m, 2, devs, X86_ACPI_MAX_DEVS, &err) == 0, "ACPI tables with %d virtio devices (%s)",
+	       X86_ACPI_MAX_DEVS, err.msg);
+	TAP_OK(x86_write_acpi_devs(&m, 2, devs, X86_ACPI_MAX_DEVS + 1, &err) == -EINVAL, "one device too many: %s",
+	       err.msg);
+	uint8_t *rsdp = G(&m, X86_ACPI_RSDP_ADDR);
+	uint8_t *xsdt = acpi_table(&m, rd64(rsdp + 24), "XSDT");
+	uint8_t *fadt = xsdt ? acpi_table(&m, rd64(xsdt + 36), "FACP") : NULL;
+	uint8_t *dsdt = fadt ? acpi_table(&m, rd64(fadt + 140), "DSDT") : NULL;
+	TAP_OK(dsdt != NULL, "DSDT valid (checksum, length)");
+	if (!dsdt) {
+		mem_free(&m);
+		return;
+	}
+	uint32_t end = rd32(dsdt + 4), off = 36 + 14; /* after Name (_S5_, ...) */
+	unsigned sz;
+	bool scope = dsdt[off] == 0x10 && off + 1 + pkglen(dsdt + off + 1, &sz) == end && sz == 2 &&
+		     memcmp(dsdt + off + 1 + sz, "\\_SB_", 5) == 0;
+	TAP_OK(scope, "Scope (\\_SB) with a two-byte PkgLength ends where the DSDT ends");
+	off += 1 + sz + 5;
+	unsigned n = 0;
+	bool ok = scope;
+	char names[X86_ACPI_MAX_DEVS + 1][5] = { { 0 } };
+	while (ok && off < end && n <= X86_ACPI_MAX_DEVS) {
+		ok = dsdt[off] == 0x5b && dsdt[off + 1] == 0x82;
+		uint32_t len = pkglen(dsdt + off + 2, &sz);
+		memcpy(names[n++], dsdt + off + 2 + sz, 4);
+		off += 2 + len;
+	}
+	TAP_OK(ok && off == end && n == X86_ACPI_MAX_DEVS + 1, "%u Devices, back to back, filling the scope", n);
+	TAP_OK(strcmp(names[0], "KBD_") == 0 && strcmp(names[1], "VR00") == 0 &&
+		       strcmp(names[X86_ACPI_MAX_DEVS], "VR15") == 0,
+	       "KBD_ first, then VR00..VR15 (%s %s .. %s)", names[0], names[1], names[X86_ACPI_MAX_DEVS]);
 	mem_free(&m);
 }
 
@@ -749,6 +818,7 @@ int main(void)
 	test_acpi(1);
 	test_acpi(2);
 	test_acpi(X86_TABLES_MAX_CPUS);
+	test_acpi_devs();
 
 	size_t len;
 	_cleanup_free_ uint8_t *bz = make_bzimage(&bz_default, &len);

@@ -49,9 +49,10 @@ uint64_t serial_8250_tx_count(struct serial_8250 *s);
 void serial_8250_save(struct serial_8250 *s, struct snap_writer *w);
 int serial_8250_load(struct serial_8250 *s, struct snap_sec *sec, struct cella_err *err);
 
-/* --- i8042 keyboard controller, just enough for the reset line (i8042.c) --- */
+/* --- i8042 keyboard controller with a keyboard, and its reset line (i8042.c) --- */
 #define I8042_DATA_PORT 0x60
 #define I8042_CMD_PORT 0x64
+#define I8042_KBD_IRQ 1
 struct i8042;
 extern const struct bus_ops i8042_data_ops, i8042_cmd_ops;
 int i8042_new(const struct hw_host *host, struct i8042 **out, struct cella_err *err);

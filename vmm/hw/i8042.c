@@ -24,7 +24,7 @@
 #define STATUS_AUXDATA 0x20 /* output buffer holds mouse (AUX) data */
 #define STATUS_TIMEOUT 0x40 /* the device did not answer */
 
-#define IRQ_KBD 1
+#define IRQ_KBD I8042_KBD_IRQ
 #define IRQ_AUX 12
 #define REPLY_NO_DEVICE 0xfe
 

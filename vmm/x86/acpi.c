@@ -1,7 +1,8 @@
 /* Minimal ACPI tables in the BIOS area at 0xe0000: RSDP (v2) -> XSDT -> FADT (-> FACS, DSDT) and
  * MADT. The FADT describes a PM1a event/control block at fixed I/O ports so the guest's poweroff
- * writes SLP_EN | SLP_TYP(S5) to PM1a_CNT; the DSDT carries only the \_S5_ package that gives
- * SLP_TYP. The MADT lists one local APIC per vCPU, the IOAPIC and the SCI override. */
+ * writes SLP_EN | SLP_TYP(S5) to PM1a_CNT; the DSDT carries the \_S5_ package that gives SLP_TYP,
+ * the i8042 keyboard controller and the virtio-mmio devices. The MADT lists one local APIC per vCPU,
+ * the IOAPIC and the SCI override. */
 #include <errno.h>
 #include <string.h>
 
@@ -30,7 +31,7 @@
 #define FADT_X_PM1A_EVT_BLK 148
 #define FADT_X_PM1A_CNT_BLK 172
 
-#define IAPC_8042 (1u << 1) /* not set, see below */
+#define IAPC_8042 (1u << 1)
 #define IAPC_VGA_NOT_PRESENT (1u << 2)
 #define IAPC_CMOS_RTC_NOT_PRESENT (1u << 5)
 #define FADT_F_PWR_BUTTON (1u << 4) /* set = no fixed-feature power button */
@@ -111,16 +112,40 @@ static size_t aml_pkglen(uint8_t *p, size_t body_len)
 	return 2;
 }
 
+/* Device (name) { body }: DeviceOp, PkgLength, NameSeg, then the body. Returns bytes written. */
+static size_t aml_device(uint8_t *p, const char name[4], const uint8_t *body, size_t body_len)
+{
+	size_t m = 0;
+	p[m++] = 0x5b; /* ExtOpPrefix, DeviceOp */
+	p[m++] = 0x82;
+	m += aml_pkglen(p + m, 4 + body_len);
+	memcpy(p + m, name, 4);
+	m += 4;
+	memcpy(p + m, body, body_len);
+	return m + body_len;
+}
+
+/* Name (_CRS, Buffer () { resource descriptors }). Returns bytes written. */
+static size_t aml_crs(uint8_t *p, const uint8_t *res, size_t res_len)
+{
+	size_t n = 0;
+	p[n++] = 0x08; /* NameOp */
+	memcpy(p + n, "_CRS", 4);
+	n += 4;
+	p[n++] = 0x11; /* BufferOp, PkgLength, BufferSize (a ByteConst: res_len < 256), bytes */
+	n += aml_pkglen(p + n, 2 + res_len);
+	p[n++] = 0x0a;
+	p[n++] = (uint8_t)res_len;
+	memcpy(p + n, res, res_len);
+	return n + res_len;
+}
+
 /* Device (VRnn) { _HID "LNRO0005", _UID n, _CRS { Memory32Fixed, Interrupt (edge, high) } }: how
  * the kernel's virtio_mmio driver finds a virtio-mmio device through ACPI. Returns bytes written. */
 static size_t aml_virtio_dev(uint8_t *p, unsigned uid, const struct x86_acpi_dev *d)
 {
 	uint8_t body[64];
 	size_t n = 0;
-	body[n++] = 'V';
-	body[n++] = 'R';
-	body[n++] = (uint8_t)('0' + uid / 10);
-	body[n++] = (uint8_t)('0' + uid % 10);
 	body[n++] = 0x08; /* NameOp _HID */
 	memcpy(body + n, "_HID\x0dLNRO0005", 13); /* NameSeg, StringPrefix, text */
 	n += 13;
@@ -130,9 +155,6 @@ static size_t aml_virtio_dev(uint8_t *p, unsigned uid, const struct x86_acpi_dev
 	n += 4;
 	body[n++] = 0x0a;
 	body[n++] = (uint8_t)uid;
-	body[n++] = 0x08; /* NameOp _CRS, BufferOp */
-	memcpy(body + n, "_CRS", 4);
-	n += 4;
 	uint8_t res[23] = { 0x86, 0x09, 0x00, 0x01 }; /* Memory32Fixed, read-write */
 	put_le32(res + 4, (uint32_t)d->addr);
 	put_le32(res + 8, d->len);
@@ -144,18 +166,63 @@ static size_t aml_virtio_dev(uint8_t *p, unsigned uid, const struct x86_acpi_dev
 	put_le32(res + 17, d->irq);
 	res[21] = 0x79; /* End tag */
 	res[22] = 0;
-	body[n++] = 0x11;
-	n += aml_pkglen(body + n, 2 + sizeof(res));
-	body[n++] = 0x0a;
-	body[n++] = sizeof(res);
-	memcpy(body + n, res, sizeof(res));
-	n += sizeof(res);
-	size_t m = 0;
-	p[m++] = 0x5b; /* DeviceOp */
-	p[m++] = 0x82;
-	m += aml_pkglen(p + m, n);
-	memcpy(p + m, body, n);
-	return m + n;
+	n += aml_crs(body + n, res, sizeof(res));
+	char name[4] = { 'V', 'R', (char)('0' + uid / 10), (char)('0' + uid % 10) };
+	return aml_device(p, name, body, n);
+}
+
+/* A compressed EISA id ("PNP0303") as the 32-bit integer AML's EisaId() yields: three letters in
+ * 5 bits each, then four hex digits, stored big-endian (so the bytes in memory read 41 D0 03 03). */
+static uint32_t eisa_id(const char id[7])
+{
+	uint32_t v = (uint32_t)(id[0] - '@') << 26 | (uint32_t)(id[1] - '@') << 21 | (uint32_t)(id[2] - '@') << 16;
+	for (int i = 3; i < 7; i++) {
+		char c = id[i];
+		uint32_t d = (uint32_t)(c <= '9' ? c - '0' : c - 'A' + 10);
+		v |= d << (4 * (6 - i));
+	}
+	return __builtin_bswap32(v);
+}
+
+/* Small IO resource descriptor: 16-bit decode, one fixed port (min = max, alignment 1, length 1). */
+static size_t aml_io_port(uint8_t *p, uint16_t port)
+{
+	p[0] = 0x47;
+	p[1] = 0x01;
+	put_le16(p + 2, port);
+	put_le16(p + 4, port);
+	p[6] = 1;
+	p[7] = 1;
+	return 8;
+}
+
+/* Device (KBD_) { _HID EisaId ("PNP0303"), _CRS { IO (0x60), IO (0x64), IRQNoFlags () {1} } }: the
+ * PS/2 keyboard controller Linux's i8042 driver looks for through PNP (without it, and without
+ * i8042.nopnp on the guest's command line, the driver does not touch the ports and the keyboard,
+ * hence the API's SendCtrlAltDel, is missing). The data port comes first: Linux takes the first IO
+ * resource as the data register and the second as command/status. No mouse (PNP0F13) is listed:
+ * there is none, and the driver then leaves the AUX port alone. Returns bytes written. */
+static size_t aml_i8042(uint8_t *p)
+{
+	uint8_t body[64];
+	size_t n = 0;
+	body[n++] = 0x08; /* NameOp _HID, DWordPrefix, EisaId */
+	memcpy(body + n, "_HID", 4);
+	n += 4;
+	body[n++] = 0x0c;
+	put_le32(body + n, eisa_id("PNP0303"));
+	n += 4;
+	uint8_t res[21];
+	size_t r = 0;
+	r += aml_io_port(res + r, X86_ACPI_I8042_DATA_PORT);
+	r += aml_io_port(res + r, X86_ACPI_I8042_CMD_PORT);
+	res[r++] = 0x22; /* IRQ descriptor without flags byte: edge, active high, exclusive */
+	put_le16(res + r, 1u << X86_ACPI_I8042_IRQ);
+	r += 2;
+	res[r++] = 0x79; /* End tag, checksum 0 = none */
+	res[r++] = 0;
+	n += aml_crs(body + n, res, r);
+	return aml_device(p, "KBD_", body, n);
 }
 
 static uint64_t align_up(uint64_t v, uint64_t a)
@@ -188,21 +255,20 @@ int x86_write_acpi_devs(const struct x86_guest_mem *mem, unsigned ncpus, const s
 	uint64_t facs = align_up(xsdt + xsdt_len, 64);
 	uint64_t fadt = align_up(facs + FACS_SIZE, 16);
 	uint64_t dsdt = align_up(fadt + FADT_SIZE, 16);
-	uint8_t aml[32 + 8 + X86_ACPI_MAX_DEVS * 64];
+	uint8_t aml[32 + 8 + 64 + X86_ACPI_MAX_DEVS * 64];
 	size_t aml_len = aml_s5(aml);
-	if (ndevs) {
-		/* Scope (\_SB) { devices } */
-		uint8_t sb[X86_ACPI_MAX_DEVS * 64 + 8];
-		size_t sn = 0;
-		memcpy(sb, "\\_SB_", 5);
-		sn = 5;
-		for (unsigned i = 0; i < ndevs; i++)
-			sn += aml_virtio_dev(sb + sn, i, &devs[i]);
-		aml[aml_len++] = 0x10; /* ScopeOp */
-		aml_len += aml_pkglen(aml + aml_len, sn);
-		memcpy(aml + aml_len, sb, sn);
-		aml_len += sn;
-	}
+	/* Scope (\_SB) { KBD_, VR00.. } */
+	uint8_t sb[64 + X86_ACPI_MAX_DEVS * 64 + 8];
+	size_t sn = 0;
+	memcpy(sb, "\\_SB_", 5);
+	sn = 5;
+	sn += aml_i8042(sb + sn);
+	for (unsigned i = 0; i < ndevs; i++)
+		sn += aml_virtio_dev(sb + sn, i, &devs[i]);
+	aml[aml_len++] = 0x10; /* ScopeOp */
+	aml_len += aml_pkglen(aml + aml_len, sn);
+	memcpy(aml + aml_len, sb, sn);
+	aml_len += sn;
 	uint64_t dsdt_len = HDR_SIZE + aml_len;
 	uint64_t madt = align_up(dsdt + dsdt_len, 16);
 	uint64_t madt_len = HDR_SIZE + 8 + ncpus * 8 + 12 + 10 + 6;
@@ -230,9 +296,8 @@ int x86_write_acpi_devs(const struct x86_guest_mem *mem, unsigned ncpus, const s
 	put_le32(t + FADT_PM1A_CNT_BLK, X86_ACPI_PM1A_CNT);
 	t[FADT_PM1_EVT_LEN] = 4;
 	t[FADT_PM1_CNT_LEN] = 2;
-	/* No 8042 declared: our i8042 only implements the reset line, which Linux's reboot=k drives
-	 * directly on port 0x64; declaring it would make the guest probe a keyboard (seconds nested). */
-	put_le16(t + FADT_IAPC_BOOT_ARCH, IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT);
+	/* An 8042 is there (listed in the DSDT too); its keyboard answers at once, so probing is quick. */
+	put_le16(t + FADT_IAPC_BOOT_ARCH, IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT);
 	put_le32(t + FADT_FLAGS, FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON);
 	t[FADT_MINOR_VERSION] = 0;
 	put_le64(t + FADT_X_FACS, 0); /* FIRMWARE_CTRL is set; ACPI wants only one of the two */

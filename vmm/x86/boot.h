@@ -90,7 +90,12 @@ int x86_load_kernel(const struct x86_guest_mem *mem, const struct x86_boot_param
 #define X86_TABLES_MAX_CPUS 32 /* the MP table must fit in the 1 KiB EBDA */
 int x86_write_mptable(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
 int x86_write_acpi(const struct x86_guest_mem *mem, unsigned ncpus, struct cella_err *err);
-/* The same with virtio-mmio devices in the DSDT (\_SB.VRnn, _HID LNRO0005, memory + edge IRQ). */
+/* The DSDT always lists the i8042 keyboard controller (\_SB.KBD_, PNP0303) at its ISA ports and IRQ;
+ * the VMM's i8042 (vmm/hw) sits there. x86_write_acpi_devs adds virtio-mmio devices (\_SB.VRnn,
+ * _HID LNRO0005, memory + edge IRQ). */
+#define X86_ACPI_I8042_DATA_PORT 0x60
+#define X86_ACPI_I8042_CMD_PORT 0x64
+#define X86_ACPI_I8042_IRQ 1
 #define X86_ACPI_MAX_DEVS 16
 struct x86_acpi_dev {
 	uint64_t addr;
