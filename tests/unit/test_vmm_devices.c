@@ -1,12 +1,15 @@
 /* i8042, ACPI PM1a, boot timer and legacy ports, driven through their bus ops (no KVM). */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/err.h"
 #include "base/util.h"
 #include "tap.h"
 #include "vmm/bus.h"
 #include "vmm/hw/hw.h"
+#include "vmm/snapfile.h"
 #include "vmm/x86/boot.h"
 
 struct fake_host {
@@ -122,6 +125,93 @@ static void test_i8042(void)
 	i8042_free(k);
 }
 
+/* Saves k into a state file (byte corrupt_off of its section set to corrupt_to, unless negative) and
+ * loads it into a fresh i8042; returns it, or NULL with the error in err. */
+static struct i8042 *i8042_clone(struct i8042 *k, const struct hw_host *host, int corrupt_off, uint8_t corrupt_to,
+				 struct cella_err *err)
+{
+	char path[] = "/tmp/cella-i8042-XXXXXX";
+	int fd = mkstemp(path);
+	if (fd < 0)
+		return NULL;
+	close(fd);
+	struct snap_writer w;
+	snap_writer_init(&w);
+	snap_begin(&w, "dev.i8042");
+	size_t start = w.len;
+	i8042_save(k, &w);
+	if (corrupt_off >= 0)
+		w.buf[start + (size_t)corrupt_off] = corrupt_to;
+	snap_end(&w);
+	struct i8042 *copy = NULL;
+	struct snap_file f;
+	struct snap_sec sec;
+	if (snap_writer_finish(&w, path, err) == 0 && snap_file_open(&f, path, err) == 0) {
+		if (snap_need(&f, &sec, err, "dev.i8042") == 0 && i8042_new(host, &copy, err) == 0 &&
+		    (i8042_load(copy, &sec, err) < 0 || snap_sec_done(&sec, err) < 0)) {
+			i8042_free(copy);
+			copy = NULL;
+		}
+		snap_file_close(&f);
+	}
+	snap_writer_free(&w);
+	unlink(path);
+	return copy;
+}
+
+/* A snapshot taken while the keyboard still has bytes for the guest keeps them, in order. */
+static void test_i8042_snapshot(void)
+{
+	struct cella_err err = { 0 };
+	struct fake_host h = { 0 };
+	struct hw_host host = { .set_irq = fake_set_irq, .event = fake_event, .ctx = &h };
+	struct i8042 *k;
+	TAP_OK(i8042_new(&host, &k, &err) == 0, "i8042 snapshot: create");
+	wr8(&i8042_cmd_ops, k, 0, 0x60);
+	wr8(&i8042_data_ops, k, 0, 0x01); /* keyboard interrupt, no translation */
+	wr8(&i8042_data_ops, k, 0, 0xf0); /* select scan code set 3 */
+	rd8(&i8042_data_ops, k, 0);
+	wr8(&i8042_data_ops, k, 0, 0x03);
+	rd8(&i8042_data_ops, k, 0);
+	wr8(&i8042_data_ops, k, 0, 0xed); /* set LEDs: its parameter still to come */
+	rd8(&i8042_data_ops, k, 0);
+	TAP_OK(i8042_send_ctrl_alt_del(k) == 0, "i8042 snapshot: keys queued");
+	uint8_t first = rd8(&i8042_data_ops, k, 0), want[10], got[10];
+	struct i8042 *c = i8042_clone(k, &host, -1, 0, &err);
+	TAP_OK(c != NULL, "i8042 snapshot: saved and loaded: %s", err.msg);
+	if (!c) {
+		i8042_free(k);
+		return;
+	}
+	for (int i = 0; i < 10; i++) {
+		want[i] = rd8(&i8042_data_ops, k, 0);
+		got[i] = rd8(&i8042_data_ops, c, 0);
+	}
+	TAP_OK(first == 0x14 && !memcmp(want, got, sizeof(want)),
+	       "i8042 snapshot: the clone hands out the 10 key bytes the original had left");
+	TAP_OK(i8042_keys_sent(c) == 1, "i8042 snapshot: keys-sent counter kept");
+	wr8(&i8042_data_ops, c, 0, 0x07);
+	TAP_OK(rd8(&i8042_data_ops, c, 0) == 0xfa, "i8042 snapshot: the clone takes the LEDs parameter it was waiting for");
+	wr8(&i8042_data_ops, c, 0, 0xf0);
+	rd8(&i8042_data_ops, c, 0);
+	wr8(&i8042_data_ops, c, 0, 0x00);
+	rd8(&i8042_data_ops, c, 0);
+	TAP_OK(rd8(&i8042_data_ops, c, 0) == 3, "i8042 snapshot: scan code set 3 kept");
+	i8042_free(c);
+	/* damaged sections are refused, naming the field (offsets: 6 = pending keyboard command, 7 = set,
+	 * 16 = queue length) */
+	c = i8042_clone(k, &host, 7, 9, &err);
+	TAP_OK(!c && strstr(err.msg, "scan code set 9"), "i8042 snapshot: bad scan code set refused: %s", err.msg);
+	c = i8042_clone(k, &host, 6, 0x42, &err);
+	TAP_OK(!c && strstr(err.msg, "0x42 takes no parameter"), "i8042 snapshot: bad pending command refused: %s",
+	       err.msg);
+	c = i8042_clone(k, &host, 16, 200, &err);
+	TAP_OK(!c && strstr(err.msg, "200 queued keyboard bytes"), "i8042 snapshot: overlong queue refused: %s",
+	       err.msg);
+	i8042_free(c);
+	i8042_free(k);
+}
+
 static void test_acpi_pm(void)
 {
 	struct cella_err err = { 0 };
@@ -195,6 +285,7 @@ static void test_boot_timer_and_legacy(void)
 int main(void)
 {
 	test_i8042();
+	test_i8042_snapshot();
 	test_acpi_pm();
 	test_boot_timer_and_legacy();
 	return tap_done();

@@ -358,16 +358,34 @@ void i8042_save(struct i8042 *k, struct snap_writer *w)
 {
 	pthread_mutex_lock(&k->lock);
 	uint8_t v[] = { k->status, k->ctr, k->outbuf, k->pending_cmd, k->output_port, (uint8_t)k->irq_raised };
-	pthread_mutex_unlock(&k->lock);
 	snap_put(w, v, sizeof(v));
+	/* the keyboard's side: a command waiting for its parameter, the scan code set, and the bytes
+	 * not yet handed to the guest (a snapshot taken mid-answer must not lose them) */
+	snap_put_u8(w, k->kbd_param);
+	snap_put_u8(w, k->kbd_set);
+	snap_put_u64(w, k->keys_sent);
+	snap_put_u8(w, (uint8_t)k->kq_len);
+	for (unsigned i = 0; i < k->kq_len; i++)
+		snap_put_u8(w, k->kbd_queue[(k->kq_head + i) % KBD_QUEUE]);
+	pthread_mutex_unlock(&k->lock);
 }
 
 int i8042_load(struct i8042 *k, struct snap_sec *sec, struct cella_err *err)
 {
 	uint8_t v[6];
 	snap_get(sec, v, sizeof(v));
+	uint8_t kbd_param = snap_get_u8(sec), kbd_set = snap_get_u8(sec);
+	uint64_t keys_sent = snap_get_u64(sec);
+	unsigned kq_len = snap_get_u8(sec);
 	if (v[5] != 0 && v[5] != IRQ_KBD && v[5] != IRQ_AUX)
 		return cella_err_set(err, EINVAL, "i8042: raised IRQ %u is neither %d nor %d", v[5], IRQ_KBD, IRQ_AUX);
+	if (kbd_param != 0 && kbd_param != KBD_SET_LEDS && kbd_param != KBD_TYPEMATIC && kbd_param != KBD_SCAN_SET)
+		return cella_err_set(err, EINVAL, "i8042: keyboard command 0x%02x takes no parameter", kbd_param);
+	if (kbd_set < 1 || kbd_set > 3)
+		return cella_err_set(err, EINVAL, "i8042: scan code set %u is not 1, 2 or 3", kbd_set);
+	if (kq_len > KBD_QUEUE)
+		return cella_err_set(err, EINVAL, "i8042: %u queued keyboard bytes, the queue holds %d", kq_len,
+				     KBD_QUEUE);
 	pthread_mutex_lock(&k->lock);
 	k->status = v[0];
 	k->ctr = v[1];
@@ -375,6 +393,13 @@ int i8042_load(struct i8042 *k, struct snap_sec *sec, struct cella_err *err)
 	k->pending_cmd = v[3];
 	k->output_port = v[4];
 	k->irq_raised = v[5];
+	k->kbd_param = kbd_param;
+	k->kbd_set = kbd_set;
+	k->keys_sent = keys_sent;
+	k->kq_head = 0;
+	k->kq_len = kq_len;
+	for (unsigned i = 0; i < kq_len; i++)
+		k->kbd_queue[i] = snap_get_u8(sec);
 	if (k->irq_raised)
 		set_irq(k, k->irq_raised, 1);
 	pthread_mutex_unlock(&k->lock);
