@@ -67,6 +67,7 @@ echo rate-time $t0 $t1 $t2
 
 BATCH = rf"""
 sec() {{ echo; echo "=== $1"; }}
+sec prelude
 cp /g/root.img /tmp/root.img
 dd if=/dev/urandom of=/tmp/ro.img bs=1M count=4 2>/dev/null
 dd if=/dev/urandom of=/tmp/rate.img bs=1M count={RATE_READ_MIB + 4} 2>/dev/null
@@ -116,29 +117,15 @@ def build_root(d):
     img = d / "root.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), "-L", "cella-root", str(img), "24M"], check=True,
                    capture_output=True)
+    shutil.rmtree(root)  # only the image goes to the sandbox
     return img
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    if not shutil.which("mkfs.ext4"):
-        pytest.skip("mkfs.ext4 missing (e2fsprogs; scripts/install-deps installs it)")
-    if not os.path.exists("/bin/busybox"):
-        pytest.skip("/bin/busybox missing (busybox-static)")
-    d = tmp_path_factory.mktemp("blk")
-    build_root(d)
-    shutil.rmtree(d / "rootdir")
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-virtio-blk.log"), "w") as log:
-        status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=900, stream=log)
-    assert status == 0, output
-    s = sandbox.sections(output)
-    s["prelude"] = output.split("=== root")[0]
-    return s
+def sections():
+    return sandbox.batch("virtio-blk", BATCH, prepare=build_root, timeout=900,
+                         needs={"mkfs.ext4": "e2fsprogs; scripts/install-deps installs it",
+                                "/bin/busybox": "busybox-static"})
 
 
 def test_root_filesystem_on_virtio_blk(sections):

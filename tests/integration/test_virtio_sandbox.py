@@ -46,19 +46,8 @@ sec rng
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-virtio.log"), "w") as log:
-        d = tmp_path_factory.mktemp("guests")
-        with open(d / "hostile.bin", "wb") as f:
-            f.write(HOSTILE)
-        status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=900, stream=log)
-    assert status == 0, output
-    return sandbox.sections(output)
+def sections():
+    return sandbox.batch("virtio", BATCH, prepare=lambda g: (g / "hostile.bin").write_bytes(HOSTILE), timeout=900)
 
 
 def test_rng_gives_bytes(sections):

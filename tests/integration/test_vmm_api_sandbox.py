@@ -51,20 +51,12 @@ echo rc=0
 
 
 @pytest.fixture(scope="module")
-def section(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    d = tmp_path_factory.mktemp("g")
-    src = os.path.join(sandbox.TOP, "tests", "guest", "api-call.c")
-    subprocess.run(["cc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(d / "api-call"), src],
-                   check=True)
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-api.log"), "w") as log:
-        status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=600, stream=log)
-    assert status == 0, output
-    return sandbox.sections(output)["linux-api"]
+def section():
+    def api_call(g):
+        src = os.path.join(sandbox.TOP, "tests", "guest", "api-call.c")
+        subprocess.run(["cc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(g / "api-call"), src],
+                       check=True)
+    return sandbox.batch("vmm-api", BATCH, prepare=api_call, timeout=600)["linux-api"]
 
 
 def test_linux_boots_under_the_api_with_an_i8042_keyboard(section):

@@ -56,16 +56,7 @@ echo rc=$?
 
 @pytest.fixture(scope="module")
 def sections():
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    # The console streams to a file as it arrives, so a slow or stuck batch can be watched.
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-linux.log"), "w") as log:
-        status, output = sandbox.run(BATCH, timeout=600, stream=log)
-    assert status == 0, output
-    return sandbox.sections(output)
+    return sandbox.batch("vmm-linux", BATCH, timeout=600)
 
 
 def check_probe(section, cpus):

@@ -70,16 +70,7 @@ done
 
 @pytest.fixture(scope="module")
 def sections():
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-snapshot.log"), "w") as log:
-        status, output = sandbox.run(BATCH, timeout=900, stream=log)
-    assert status == 0, output
-    assert "TIMEOUT" not in output and "HUNG" not in output, output
-    return sandbox.sections(output)
+    return sandbox.batch("vmm-snapshot", BATCH, timeout=900, refuse=("TIMEOUT", "HUNG"))
 
 
 def counts(text):

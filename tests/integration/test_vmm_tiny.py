@@ -98,19 +98,8 @@ echo rc=0
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip("build/cella-vmm-static not built")
-    d = tmp_path_factory.mktemp("guests")
-    write_guests(str(d))
-    # The console streams to a file as it arrives, so a slow or stuck batch can be watched.
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-tiny.log"), "w") as log:
-        status, output = sandbox.run(BATCH, files=[(str(d), "/g")], timeout=300, stream=log)
-    assert status == 0, output
-    return sandbox.sections(output)
+def sections():
+    return sandbox.batch("vmm-tiny", BATCH, prepare=lambda g: write_guests(str(g)), timeout=300)
 
 
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z \w+: [^\n]*\n")

@@ -88,29 +88,19 @@ echo "--- console"; cat /tmp/c.log
 
 
 @pytest.fixture(scope="module")
-def section(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    for f in (sandbox.VMM_STATIC, TOOL):
-        if not os.path.exists(f):
-            pytest.skip(f"{os.path.relpath(f, sandbox.TOP)} not built (make)")
-    d = tmp_path_factory.mktemp("vsock")
-    # the guest's initramfs: the kit's plus the tool and the test script
-    extra = d / "extra.cpio"
-    with open(extra, "wb") as f:
-        c = sandbox.Cpio(f)
-        c.file("/bin/vsock-echo", TOOL)
-        c.data("/vsock-test.sh", GUEST.encode(), 0o755)
-        c.close()
-    ship = d / "ship"
-    ship.mkdir()
-    sandbox._concat(str(ship / "initrd"), [sandbox.kit()["initramfs.cpio.gz"], str(extra)])
-    shutil.copy(TOOL, ship / "vsock-echo")
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vsock.log"), "w") as log:
-        status, output = sandbox.run(BATCH, files=[(str(ship), "/g")], timeout=1200, stream=log)
-    assert status == 0, output
-    return sandbox.sections(output)["vsock"]
+def section():
+    def ship(g):
+        # the guest's initramfs: the kit's plus the tool and the test script
+        extra = g / "extra.cpio"
+        with open(extra, "wb") as f:
+            c = sandbox.Cpio(f)
+            c.file("/bin/vsock-echo", TOOL)
+            c.data("/vsock-test.sh", GUEST.encode(), 0o755)
+            c.close()
+        sandbox._concat(str(g / "initrd"), [sandbox.kit()["initramfs.cpio.gz"], str(extra)])
+        extra.unlink()
+        shutil.copy(TOOL, g / "vsock-echo")
+    return sandbox.batch("vsock", BATCH, prepare=ship, timeout=1200, needs={TOOL: "make"})["vsock"]
 
 
 def value(s, key):

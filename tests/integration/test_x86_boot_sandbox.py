@@ -45,14 +45,7 @@ echo vmm-status=$?
 
 @pytest.fixture(scope="module")
 def sections():
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    if not os.path.exists(sandbox.VMM_STATIC):
-        pytest.skip(f"{sandbox.VMM_STATIC} not built")
-    status, output = sandbox.run(BATCH, timeout=900)
-    assert status == 0, output
-    return sandbox.sections(output)
+    return sandbox.batch("x86-boot", BATCH, timeout=900)
 
 
 def memmap(out):

@@ -32,6 +32,13 @@ API:
   ..." with the last heartbeats, QEMU's thread states and each vCPU's RIP/CPL/HLT), or no
   exit-status marker (e.g. a kernel panic).
 
+  batch(name, script, prepare=None, needs=None, expect=(), refuse=(), **run_kwargs) -> sections
+    the module-scoped fixture of a sandbox test file, one boot: skips the tests (pytest.skip) when
+    QEMU, build/cella-vmm-static or one of needs ({file or command: where it comes from}) is
+    missing; prepare(dir) fills a fresh directory the sandbox gets at /g (removed afterwards);
+    the console streams to build/sandbox-NAME.log; asserts status 0, that the output holds each
+    string of expect and none of refuse, and returns sections(output). run_kwargs go to run()
+    (files, timeout, with_qemu, memory, accel, freeze_retries, ...).
   available() -> (bool, reason)   whether a sandbox can run here (for pytest skips)
   kit() -> dict                   the guest kit's paths (name -> path), built if needed
 """
@@ -510,6 +517,37 @@ def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=
         if lock_fd >= 0:
             os.close(lock_fd)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=(), **run_kwargs):
+    """See the module comment."""
+    import pathlib
+
+    import pytest
+
+    ok, reason = available()
+    if not ok:
+        pytest.skip(reason)
+    for thing, source in {VMM_STATIC: "make", **(needs or {})}.items():
+        if not (os.path.exists(thing) if os.path.isabs(thing) else shutil.which(thing)):
+            shown = os.path.relpath(thing, TOP) if thing.startswith(TOP + "/") else thing
+            pytest.skip(f"{shown} missing ({source})")
+    g = tempfile.mkdtemp(prefix=f"cella-batch-{name}-")
+    try:
+        if prepare:
+            prepare(pathlib.Path(g))
+            files = [(g, "/g"), *files]
+        # The console streams to the log as it arrives, so a slow or stuck batch can be watched.
+        with open(os.path.join(TOP, "build", f"sandbox-{name}.log"), "w") as log:
+            status, output = run(script, files=files, stream=log, **run_kwargs)
+    finally:
+        shutil.rmtree(g, ignore_errors=True)
+    assert status == 0, output
+    for text in expect:
+        assert text in output, f"{text!r} missing:\n{output}"
+    for text in refuse:
+        assert text not in output, f"{text!r} in the output:\n{output}"
+    return sections(output)
 
 
 # Batches print "=== NAME" before each part and "rc=N" after commands; guests booted with the
