@@ -6,6 +6,8 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "base/err.h"
@@ -50,8 +52,11 @@ int console_open(struct console *c, const struct vmm_config *cfg, struct cella_e
 	}
 	c->out_fd = STDOUT_FILENO;
 	c->in_fd = STDIN_FILENO;
-	if (fcntl(STDIN_FILENO, F_GETFD) < 0) {
-		c->in_fd = -1; /* stdin closed: no input */
+	/* No input when stdin is closed or /dev/null (char device 1:3 on Linux): nothing to watch, and
+	 * vCPU 0 may then run on the VMM thread (vmm.c). */
+	struct stat st;
+	if (fstat(STDIN_FILENO, &st) < 0 || (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))) {
+		c->in_fd = -1;
 		return 0;
 	}
 	if (!isatty(STDIN_FILENO))

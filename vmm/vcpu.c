@@ -4,7 +4,12 @@
  * (so a thread about to enter KVM_RUN returns at once) and sends each thread VCPU_KICK_SIGNAL (so a
  * thread inside KVM_RUN, including an AP still waiting for INIT/SIPI, returns with EINTR). The kick
  * signal's handler does nothing; it is unblocked only in vCPU threads. Kicks repeat until every
- * thread has been joined. */
+ * thread has been joined.
+ *
+ * A VM with one vCPU whose VMM thread has nothing else to serve runs that vCPU on the VMM thread
+ * (vcpu_here_init, vcpu_run_here; vmm.c says when): no thread to create, wake and join. That thread
+ * keeps its signals blocked and takes them from its signalfd; KVM_SET_SIGNAL_MASK unblocks them
+ * only inside KVM_RUN, which a signal then ends with EINTR, leaving it pending for the signalfd. */
 #include <errno.h>
 #include <inttypes.h>
 #include <linux/kvm.h>
@@ -210,8 +215,11 @@ static bool handle_exit(struct vcpu *v)
 	case KVM_EXIT_IRQ_WINDOW_OPEN:
 		return true;
 	case KVM_EXIT_HLT:
-		/* Only without an in-kernel LAPIC; nothing will wake a halted CPU, so it waits for the stop. */
+		/* Only without an in-kernel LAPIC; nothing will wake a halted CPU, so it waits for the stop:
+		 * the VMM thread's own vCPU in its event loop (vcpu_loop's caller), a thread here. */
 		log_debug("vcpu%u: KVM_EXIT_HLT", v->index);
+		if (v->here)
+			return false;
 		pthread_mutex_lock(&v->vm->pause_lock);
 		while (!atomic_load(&v->vm->stopping))
 			pthread_cond_wait(&v->vm->pause_cond, &v->vm->pause_lock);
@@ -261,26 +269,27 @@ static void park(struct vcpu *v)
 	pthread_mutex_unlock(&vm->pause_lock);
 }
 
-static void *vcpu_thread(void *arg)
+/* The KVM_RUN loop, until the VM stops. A vCPU thread handles its kicks (and pauses) itself; the VMM
+ * thread's vCPU (v->here) returns VCPU_HERE_SIGNAL when KVM_RUN was interrupted, so that its caller
+ * takes the signal, and VCPU_HERE_HALTED when the guest halted with no interrupt controller to wake
+ * it. */
+static enum vcpu_here_result vcpu_loop(struct vcpu *v)
 {
-	struct vcpu *v = arg;
 	struct vm *vm = v->vm;
-	char name[16];
-	snprintf(name, sizeof(name), "vcpu%u", v->index);
-	pthread_setname_np(pthread_self(), name);
-
 	while (!atomic_load(&vm->stopping)) {
 		if (ioctl(v->fd, KVM_RUN, 0) < 0) {
 			int e = errno;
 			/* EINTR: kicked (or immediate_exit); EAGAIN: an AP woke without SIPI yet. */
 			if (e == EINTR || e == EAGAIN) {
 				atomic_fetch_add_explicit(&v->kicks, 1, memory_order_relaxed);
-				if (atomic_load(&vm->pause_req))
+				if (!v->here && atomic_load(&vm->pause_req))
 					park(v);
 				/* A kick that found no pause (or a finished one) must not keep KVM_RUN returning at
 				 * once. A stop sets stopping before immediate_exit, and the loop checks stopping next. */
 				if (!atomic_load(&vm->pause_req))
 					__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+				if (v->here)
+					return VCPU_HERE_SIGNAL;
 				continue;
 			}
 			log_error("vcpu%u: KVM_RUN: %s", v->index, strerror(e));
@@ -291,6 +300,18 @@ static void *vcpu_thread(void *arg)
 		if (!handle_exit(v))
 			break;
 	}
+	/* handle_exit returns false without ending the VM only for the VMM thread's halted vCPU */
+	return atomic_load(&vm->stopping) ? VCPU_HERE_STOPPED : VCPU_HERE_HALTED;
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *v = arg;
+	struct vm *vm = v->vm;
+	char name[16];
+	snprintf(name, sizeof(name), "vcpu%u", v->index);
+	pthread_setname_np(pthread_self(), name);
+	vcpu_loop(v);
 	log_debug("vcpu%u: stopped", v->index);
 	pthread_mutex_lock(&vm->pause_lock);
 	vm->nrunning--;
@@ -299,16 +320,41 @@ static void *vcpu_thread(void *arg)
 	return NULL;
 }
 
+int vcpu_here_init(struct vcpu *v, const sigset_t *run_blocked, struct cella_err *err)
+{
+	/* The kernel's sigset is 64 bits on x86-64: the first 8 bytes of glibc's sigset_t. */
+	_Alignas(struct kvm_signal_mask) uint8_t buf[sizeof(struct kvm_signal_mask) + 8];
+	struct kvm_signal_mask *sm = (struct kvm_signal_mask *)buf;
+	sigset_t blocked = *run_blocked;
+	sigdelset(&blocked, VCPU_KICK_SIGNAL);
+	sm->len = 8;
+	memcpy(sm->sigset, &blocked, 8);
+	if (ioctl(v->fd, KVM_SET_SIGNAL_MASK, sm) < 0)
+		return cella_err_sys(err, errno, "vcpu%u: KVM_SET_SIGNAL_MASK", v->index);
+	v->here = true;
+	v->thread = pthread_self();
+	return 0;
+}
+
+enum vcpu_here_result vcpu_run_here(struct vcpu *v)
+{
+	return vcpu_loop(v);
+}
+
 void vcpu_kick(struct vcpu *v)
 {
 	if (v->run)
 		__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
-	if (v->thread_started)
+	/* The VMM thread's vCPU is kicked only from another thread: in its own thread the stop is seen
+	 * when KVM_RUN returns. */
+	if (v->thread_started || (v->here && !pthread_equal(v->thread, pthread_self())))
 		pthread_kill(v->thread, VCPU_KICK_SIGNAL);
 }
 
 int vcpus_start(struct vm *vm, struct cella_err *err)
 {
+	if (vm->ncpus == 1 && vm->vcpus[0].here)
+		return 0;
 	/* Threads inherit the mask: everything blocked (the VMM thread takes signals through its
 	 * signalfd) except the kick and the synchronous faults. */
 	sigset_t all, old;
@@ -323,6 +369,8 @@ int vcpus_start(struct vm *vm, struct cella_err *err)
 	int r = 0;
 	for (unsigned i = 0; i < vm->ncpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
+		if (v->here)
+			continue; /* the VMM thread runs it (vcpu_run_here) */
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);
 		pthread_attr_setstacksize(&attr, 256 * 1024);

@@ -6,6 +6,7 @@
  * (vm_request_end) and the VMM thread stops the others. */
 #pragma once
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -42,8 +43,9 @@ struct vcpu {
 	int fd;
 	struct kvm_run *run;
 	size_t run_size;
-	pthread_t thread;
+	pthread_t thread;       /* for a vCPU run here (vcpu_here_init), the VMM thread */
 	bool thread_started;
+	bool here;              /* runs on the VMM thread (vcpu_run_here), not a thread of its own */
 };
 
 /* One virtio-mmio device of the VM (vdev.c): slot i sits at VMM_VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE
@@ -167,6 +169,16 @@ int vcpu_create(struct vm *vm, unsigned index, const struct x86_boot_entry *boot
 /* Installs the kick signal handler (once per process). */
 int vcpu_signals_init(struct cella_err *err);
 int vcpus_start(struct vm *vm, struct cella_err *err);
+/* The VMM thread as the vCPU's runner instead of a thread (see vcpu.c): KVM_RUN runs with the
+ * signal mask run_blocked (minus the kick signal), so the others interrupt it. */
+int vcpu_here_init(struct vcpu *v, const sigset_t *run_blocked, struct cella_err *err);
+enum vcpu_here_result {
+	VCPU_HERE_STOPPED, /* the VM is stopping */
+	VCPU_HERE_SIGNAL,  /* KVM_RUN was interrupted: take the signals, then run again */
+	VCPU_HERE_HALTED,  /* the guest halted for good (no irqchip): wait for the stop */
+};
+/* Runs the vCPU on the calling thread until one of the above. */
+enum vcpu_here_result vcpu_run_here(struct vcpu *v);
 /* Kicks one vCPU out of KVM_RUN (immediate_exit + signal); its thread then checks stopping/pause_req. */
 void vcpu_kick(struct vcpu *v);
 /* Asks every vCPU to leave KVM_RUN and joins the threads; never blocks for long. false = some

@@ -310,3 +310,35 @@ def test_lone_flat_guest_halt_idles_until_stopped(tmp_path):
         _, err = p.communicate(timeout=20)
     assert p.returncode == 128 + signal.SIGTERM, (p.returncode, err)
     assert "KVM_EXIT_HLT" in err, err
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_lone_vcpu_on_the_vmm_thread_stops_on_signals(tmp_path, sig):
+    """One vCPU, no API, no console input (stdin /dev/null): the vCPU runs on the VMM thread (no
+    "vcpu0" thread), and a stop signal still interrupts its KVM_RUN and ends the VM. With input to
+    forward (stdin a pipe) the vCPU gets a thread of its own."""
+    import signal
+    import subprocess
+    import time
+    from vmm_guests import GUESTS
+    g = tmp_path / "spin.bin"
+    g.write_bytes(GUESTS["spin.bin"])
+    for stdin, threads in ((subprocess.DEVNULL, 0), (subprocess.PIPE, 1)):
+        p = subprocess.Popen([VMM, "--kernel", str(g), "--memory", "1", "-v"], stdin=stdin,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(100):  # the guest spins once its vCPU runs
+                time.sleep(0.05)
+                with open(f"/proc/{p.pid}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[11]) > 2:
+                        break
+            n = 0
+            for t in os.listdir(f"/proc/{p.pid}/task"):
+                with open(f"/proc/{p.pid}/task/{t}/comm") as f:
+                    n += f.read().startswith("vcpu")
+        finally:
+            p.send_signal(getattr(signal, sig))
+            _, err = p.communicate(timeout=20)
+        assert p.returncode == 128 + getattr(signal, sig), (stdin, p.returncode, err)
+        assert n == threads, (stdin, n, err)
+        assert ("vCPU 0 runs on the VMM thread" in err) == (threads == 0), err
