@@ -293,8 +293,10 @@ int cella_set_cloexec(int fd, bool on)
 	int flags = fcntl(fd, F_GETFD);
 	if (flags < 0)
 		return -errno;
-	flags = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC;
-	return fcntl(fd, F_SETFD, flags) < 0 ? -errno : 0;
+	int want = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC;
+	if (want == flags)
+		return 0; /* already so (KVM's fds come with O_CLOEXEC): no second syscall */
+	return fcntl(fd, F_SETFD, want) < 0 ? -errno : 0;
 }
 
 uint64_t cella_now_ns(void)
