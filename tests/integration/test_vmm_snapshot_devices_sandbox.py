@@ -166,31 +166,13 @@ echo leak-check-done
 
 
 @pytest.fixture(scope="module")
-def sections(tmp_path_factory):
-    ok, reason = sandbox.available()
-    if not ok:
-        pytest.skip(reason)
-    for f in (sandbox.VMM_STATIC, TOOL):
-        if not os.path.exists(f):
-            pytest.skip(f"{os.path.relpath(f, sandbox.TOP)} not built (make)")
-    d = tmp_path_factory.mktemp("snapdev")
-    extra = d / "extra.cpio"
-    with open(extra, "wb") as f:
-        c = sandbox.Cpio(f)
-        c.file("/bin/vsock-echo", TOOL)
-        c.data("/pre.sh", PRE.encode(), 0o755)
-        c.data("/post.sh", POST.encode(), 0o755)
-        c.data("/count.sh", COUNT.encode(), 0o755)
-        c.close()
-    ship = d / "ship"
-    ship.mkdir()
-    sandbox._concat(str(ship / "initrd"), [sandbox.kit()["initramfs.cpio.gz"], str(extra)])
-    shutil.copy(TOOL, ship / "vsock-echo")
-    with open(os.path.join(sandbox.TOP, "build", "sandbox-vmm-snapshot-devices.log"), "w") as log:
-        status, output = sandbox.run(BATCH, files=[(str(ship), "/g")], timeout=1200, stream=log)
-    assert status == 0, output
-    assert "TIMEOUT" not in output and "HUNG" not in output, output
-    return sandbox.sections(output)
+def sections():
+    def ship(g):
+        sandbox.kit_initrd(g / "initrd", files=[(TOOL, "/bin/vsock-echo")],
+                           scripts={"/pre.sh": PRE, "/post.sh": POST, "/count.sh": COUNT})
+        shutil.copy(TOOL, g / "vsock-echo")
+    return sandbox.batch("vmm-snapshot-devices", BATCH, prepare=ship, timeout=1200, needs={TOOL: "make"},
+                         refuse=("TIMEOUT", "HUNG"))
 
 
 def value(s, key):

@@ -91,14 +91,7 @@ echo "--- console"; cat /tmp/c.log
 def section():
     def ship(g):
         # the guest's initramfs: the kit's plus the tool and the test script
-        extra = g / "extra.cpio"
-        with open(extra, "wb") as f:
-            c = sandbox.Cpio(f)
-            c.file("/bin/vsock-echo", TOOL)
-            c.data("/vsock-test.sh", GUEST.encode(), 0o755)
-            c.close()
-        sandbox._concat(str(g / "initrd"), [sandbox.kit()["initramfs.cpio.gz"], str(extra)])
-        extra.unlink()
+        sandbox.kit_initrd(g / "initrd", files=[(TOOL, "/bin/vsock-echo")], scripts={"/vsock-test.sh": GUEST})
         shutil.copy(TOOL, g / "vsock-echo")
     return sandbox.batch("vsock", BATCH, prepare=ship, timeout=1200, needs={TOOL: "make"})["vsock"]
 

@@ -39,6 +39,9 @@ API:
     the console streams to build/sandbox-NAME.log; asserts status 0, that the output holds each
     string of expect and none of refuse, and returns sections(output). run_kwargs go to run()
     (files, timeout, with_qemu, memory, accel, freeze_retries, ...).
+  kit_initrd(path, files=(), scripts=None)   writes the guest kit's initramfs with more in it to
+    path, for a guest that needs a tool or a script: files as for run(), scripts {dst: shell text}
+    (mode 0755)
   available() -> (bool, reason)   whether a sandbox can run here (for pytest skips)
   kit() -> dict                   the guest kit's paths (name -> path), built if needed
 """
@@ -517,6 +520,23 @@ def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=
         if lock_fd >= 0:
             os.close(lock_fd)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kit_initrd(path, files=(), scripts=None):
+    """See the module comment."""
+    extra = f"{path}.extra"
+    try:
+        with open(extra, "wb") as f:
+            c = Cpio(f)
+            for src, dst in files:
+                c.file(dst, src)
+            for dst, text in (scripts or {}).items():
+                c.data(dst, text.encode(), 0o755)
+            c.close()
+        _concat(str(path), [kit()["initramfs.cpio.gz"], extra])
+    finally:
+        if os.path.exists(extra):
+            os.unlink(extra)
 
 
 def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=(), **run_kwargs):
