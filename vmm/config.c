@@ -135,14 +135,20 @@ struct opt_key {
 	int (*set)(void *dev, const char *key, const char *text, uint64_t num, struct cella_err *err);
 };
 
-/* Index into keys of the entry for name (len bytes), or -1; OPT_FIRST has no name. */
+/* The NULL-terminated names of k (one holds a single name); none for OPT_FIRST. */
+static const char *const *opt_names(const struct opt_key *k, const char *one[2])
+{
+	one[0] = k->type == OPT_FIRST ? NULL : k->name;
+	one[1] = NULL;
+	return k->names ? k->names : one;
+}
+
+/* Index into keys of the entry for name (len bytes), or -1. */
 static int opt_find(const struct opt_key *keys, size_t nkeys, const char *name, size_t len)
 {
 	for (size_t i = 0; i < nkeys; i++) {
-		const char *one[] = { keys[i].name, NULL };
-		if (keys[i].type == OPT_FIRST)
-			continue;
-		for (const char *const *n = keys[i].name ? one : keys[i].names; *n; n++)
+		const char *one[2];
+		for (const char *const *n = opt_names(&keys[i], one); *n; n++)
 			if (strlen(*n) == len && !strncmp(*n, name, len))
 				return (int)i;
 	}
@@ -155,10 +161,8 @@ static void opt_list(const struct opt_key *keys, size_t nkeys, char *buf, size_t
 	size_t at = 0;
 	buf[0] = 0;
 	for (size_t i = 0; i < nkeys; i++) {
-		const char *one[] = { keys[i].name, NULL };
-		if (keys[i].type == OPT_FIRST)
-			continue;
-		for (const char *const *n = keys[i].name ? one : keys[i].names; *n && at < size; n++)
+		const char *one[2];
+		for (const char *const *n = opt_names(&keys[i], one); *n && at < size; n++)
 			at += (size_t)snprintf(buf + at, size - at, "%s%s%s", at ? ", " : "", *n,
 					       keys[i].type == OPT_WORD ? "" : "=");
 	}
@@ -208,6 +212,44 @@ static int parse_opts(const char *flag, const char *spec, const struct opt_key *
 	}
 	if (seen)
 		*seen = got;
+	return 0;
+}
+
+/* The JSON form of a device has the OPT_SIZE keys of its table as number members. known gets own
+ * and those names, NULL-terminated (for cj_reject_unknown); cap counts the NULL. */
+static void json_known(const char *const *own, size_t nown, const struct opt_key *keys, size_t nkeys,
+		       const char **known, size_t cap)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < nown && n + 1 < cap; i++)
+		known[n++] = own[i];
+	for (size_t i = 0; i < nkeys; i++) {
+		const char *one[2];
+		if (keys[i].type != OPT_SIZE)
+			continue;
+		for (const char *const *k = opt_names(&keys[i], one); *k && n + 1 < cap; k++)
+			known[n++] = *k;
+	}
+	known[n] = NULL;
+}
+
+/* Reads those number members of o (path names it) through the table's setters. */
+static int json_sizes(const json_t *o, const char *path, const struct opt_key *keys, size_t nkeys, void *dev,
+		      struct cella_err *err)
+{
+	for (size_t i = 0; i < nkeys; i++) {
+		const char *one[2];
+		if (keys[i].type != OPT_SIZE)
+			continue;
+		for (const char *const *k = opt_names(&keys[i], one); *k; k++) {
+			uint64_t v;
+			int r = cj_get_uint64(o, path, *k, false, &v, err);
+			if (r > 0)
+				r = keys[i].set(dev, *k, NULL, v, err);
+			if (r < 0)
+				return r;
+		}
+	}
 	return 0;
 }
 
@@ -338,14 +380,9 @@ int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_er
 
 static int load_nets(struct vmm_config *cfg, const json_t *arr, struct cella_err *err)
 {
-	static const char *const own[] = { "tap", "mac", "pps", "pps_refill_ms", "pps_burst" };
-	const char *known[ARRAY_SIZE(own) + 8];
-	size_t nk = 0;
-	for (size_t i = 0; i < ARRAY_SIZE(own); i++)
-		known[nk++] = own[i];
-	for (size_t i = 0; vmm_ratelimit_keys[i]; i++)
-		known[nk++] = vmm_ratelimit_keys[i];
-	known[nk] = NULL;
+	static const char *const own[] = { "tap", "mac" };
+	const char *known[16];
+	json_known(own, ARRAY_SIZE(own), net_keys, ARRAY_SIZE(net_keys), known, ARRAY_SIZE(known));
 	int r = cj_expect_array(arr, "nets", err);
 	if (r < 0)
 		return r;
@@ -370,16 +407,8 @@ static int load_nets(struct vmm_config *cfg, const json_t *arr, struct cella_err
 			cella_err_wrap(err, "%s", path);
 			goto bad;
 		}
-		for (size_t k = 0; known[k]; k++) {
-			uint64_t v;
-			if (k < 2)
-				continue; /* tap, mac */
-			if ((r = cj_get_uint64(o, path, known[k], false, &v, err)) < 0)
-				goto bad;
-			if (r > 0)
-				net_ratelimit_set(&n.rl, known[k], v);
-		}
-		if ((r = check_net(&n, path, err)) < 0)
+		if ((r = json_sizes(o, path, net_keys, ARRAY_SIZE(net_keys), &n, err)) < 0 ||
+		    (r = check_net(&n, path, err)) < 0)
 			goto bad;
 		cfg->nets[cfg->nnets++] = n;
 		continue;
@@ -393,13 +422,8 @@ bad:
 static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_err *err)
 {
 	static const char *const own[] = { "path", "ro", "id" };
-	const char *known[ARRAY_SIZE(own) + 8];
-	size_t nk = 0;
-	for (size_t i = 0; i < ARRAY_SIZE(own); i++)
-		known[nk++] = own[i];
-	for (size_t i = 0; vmm_ratelimit_keys[i]; i++)
-		known[nk++] = vmm_ratelimit_keys[i];
-	known[nk] = NULL;
+	const char *known[16];
+	json_known(own, ARRAY_SIZE(own), disk_keys, ARRAY_SIZE(disk_keys), known, ARRAY_SIZE(known));
 	int r = cj_expect_array(arr, "disks", err);
 	if (r < 0)
 		return r;
@@ -421,14 +445,8 @@ static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_er
 			goto bad;
 		if ((r = cj_get_bool(o, path, "ro", false, &d.ro, err)) < 0)
 			goto bad;
-		for (size_t k = 0; vmm_ratelimit_keys[k]; k++) {
-			uint64_t v;
-			if ((r = cj_get_uint64(o, path, vmm_ratelimit_keys[k], false, &v, err)) < 0)
-				goto bad;
-			if (r > 0)
-				vmm_ratelimit_set(&d.rl, vmm_ratelimit_keys[k], v);
-		}
-		if ((r = check_disk(&d, path, err)) < 0)
+		if ((r = json_sizes(o, path, disk_keys, ARRAY_SIZE(disk_keys), &d, err)) < 0 ||
+		    (r = check_disk(&d, path, err)) < 0)
 			goto bad;
 		cfg->disks[cfg->ndisks++] = d;
 		continue;
