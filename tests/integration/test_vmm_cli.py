@@ -342,3 +342,26 @@ def test_lone_vcpu_on_the_vmm_thread_stops_on_signals(tmp_path, sig):
         assert p.returncode == 128 + getattr(signal, sig), (stdin, p.returncode, err)
         assert n == threads, (stdin, n, err)
         assert ("vCPU 0 runs on the VMM thread" in err) == (threads == 0), err
+
+
+# Real mode: CPUID leaf 0, then the max basic leaf + '0' and the vendor (EBX, EDX, ECX) to the
+# serial port, then i8042 reset.
+CPUID_GUEST = bytes.fromhex(
+    "6631c0" "0fa2" "6689d6" "6689cf"           # xor eax,eax; cpuid; mov esi,edx; mov edi,ecx
+    "baf803" "0430" "ee"                         # mov dx,0x3f8; add al,'0'; out dx,al
+    "6689d8" "e81200" "6689f0" "e80c00"          # mov eax,ebx; call put4; mov eax,esi; call put4
+    "6689f8" "e80600" "b0fe" "e664" "ebfe"       # mov eax,edi; call put4; reset; jmp $
+    "b90400" "ee" "66c1e808" "e2f9" "c3")        # put4: mov cx,4; 1: out; shr eax,8; loop 1b; ret
+
+
+def test_flat_binary_sees_the_baseline_cpu(tmp_path):
+    """A flat binary gets the baseline CPU table (no KVM_GET_SUPPORTED_CPUID): max basic leaf 1 and
+    the host's vendor."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no /dev/kvm")
+    g = tmp_path / "cpuid.bin"
+    g.write_bytes(CPUID_GUEST)
+    with open("/proc/cpuinfo") as f:
+        vendor = next(l.split(":")[1].strip() for l in f if l.startswith("vendor_id"))
+    p = run([VMM, "--kernel", str(g), "--memory", "1"])
+    assert p.returncode == 0 and p.stdout == "1" + vendor, (p.returncode, p.stdout, p.stderr)

@@ -1,14 +1,17 @@
 /* vmm/x86/cpuid.c against a fake KVM_GET_SUPPORTED_CPUID table (no /dev/kvm): what the guest is
  * told about itself (hypervisor bit, topology of ncpus single-thread cores, KVM paravirt leaves),
  * what is hidden (MONITOR/MWAIT, MWAITX, EPB, the PMU), what is passed through untouched, and that
- * the supported table is never modified. */
+ * the supported table is never modified. Then the baseline table flat binaries get, checked against
+ * this host's real KVM_GET_SUPPORTED_CPUID where /dev/kvm opens. */
 #include "base/err.h"
 #include "vmm/x86/cpu.h"
 #include "tap.h"
 
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SIG KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 
@@ -183,6 +186,45 @@ static unsigned bits_for(unsigned n)
 	return b;
 }
 
+/* x86_cpuid_baseline: a small table, and where this host has /dev/kvm, nothing KVM does not offer. */
+static void baseline_checks(void)
+{
+	struct cella_err err = { 0 };
+	struct kvm_cpuid2 *base = NULL;
+	TAP_OK(x86_cpuid_baseline(&base, &err) == 0 && base, "baseline: built (%s)", err.msg);
+	if (!base)
+		return;
+	struct kvm_cpuid_entry2 *l0 = x86_cpuid_find(base, 0, 0), *l1 = x86_cpuid_find(base, 1, 0);
+	TAP_OK(l0 && l0->eax == 1 && l0->ebx && l1 && !l1->ecx && (l1->edx & 1) && (l1->edx & 1u << 26),
+	       "baseline: max basic leaf 1, the host's vendor, x87..SSE2 and no leaf-1 ECX feature");
+	struct kvm_cpuid_entry2 *x1 = x86_cpuid_find(base, 0x80000001u, 0);
+	TAP_OK(x1 && (x1->edx & 1u << 29), "baseline: long mode");
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	struct kvm_cpuid2 *sup = NULL;
+	if (kvm >= 0 && x86_cpuid_supported(kvm, &sup, &err) == 0) {
+		/* register order in kvm_cpuid_entry2: eax, ebx, ecx, edx */
+		static const struct { uint32_t fn; int reg; } features[] = {
+			{ 0x1, 2 }, { 0x1, 3 }, { 0x80000001u, 2 }, { 0x80000001u, 3 },
+		};
+		for (size_t i = 0; i < sizeof(features) / sizeof(features[0]); i++) {
+			struct kvm_cpuid_entry2 *b = x86_cpuid_find(base, features[i].fn, 0);
+			struct kvm_cpuid_entry2 *k = x86_cpuid_find(sup, features[i].fn, 0);
+			uint32_t bv = b ? (&b->eax)[features[i].reg] : 0, kv = k ? (&k->eax)[features[i].reg] : 0;
+			TAP_OK((bv & ~kv) == 0, "baseline leaf 0x%x %s: 0x%08x within what this host's KVM supports "
+			       "(0x%08x)", features[i].fn, "eax\0ebx\0ecx\0edx" + 4 * features[i].reg, bv, kv);
+		}
+		struct kvm_cpuid_entry2 *k0 = x86_cpuid_find(sup, 0, 0);
+		TAP_OK(k0 && k0->ebx == l0->ebx && k0->ecx == l0->ecx && k0->edx == l0->edx,
+		       "baseline: the vendor KVM reports");
+		free(sup);
+	} else {
+		printf("# no usable /dev/kvm: baseline not compared with KVM_GET_SUPPORTED_CPUID\n");
+	}
+	if (kvm >= 0)
+		close(kvm);
+	free(base);
+}
+
 int main(void)
 {
 	struct kvm_cpuid2 *sup = fake_table(NONE);
@@ -259,5 +301,6 @@ int main(void)
 
 	free(copy);
 	free(sup);
+	baseline_checks();
 	return tap_done();
 }

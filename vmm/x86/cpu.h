@@ -10,6 +10,11 @@ struct cella_err;
 
 /* KVM_GET_SUPPORTED_CPUID on the /dev/kvm fd; *out is malloc'd. */
 int x86_cpuid_supported(int kvm_fd, struct kvm_cpuid2 **out, struct cella_err *err);
+/* A baseline table for guests that need no more than a sane x86-64 CPU (flat binaries): the host's
+ * vendor, family/model/stepping and address sizes, and only the features every x86-64 CPU has
+ * and every KVM virtualizes (x87 to SSE2, APIC, PAE, NX, long mode); no KVM query: the host's own
+ * CPUID, 5 leaves. *out is malloc'd. */
+int x86_cpuid_baseline(struct kvm_cpuid2 **out, struct cella_err *err);
 
 /* The CPUID table for vCPU `index` (APIC ID = index) of ncpus, built from the supported table: the
  * hypervisor bit, topology leaves (0x1, 0x4, 0xb, 0x1f, 0x80000008, 0x8000001e), the KVM paravirt

@@ -1,5 +1,6 @@
 /* CPUID: start from what KVM supports on this host, then say what the guest machine looks like:
  * a hypervisor, ncpus single-thread cores in one package, KVM's paravirt features. */
+#include <cpuid.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +53,45 @@ int x86_cpuid_supported(int kvm_fd, struct kvm_cpuid2 **out, struct cella_err *e
 			return cella_err_sys(err, e, "KVM_GET_SUPPORTED_CPUID");
 	}
 	return cella_err_set(err, E2BIG, "KVM_GET_SUPPORTED_CPUID: more than 4096 entries");
+}
+
+/* The x86-64 baseline that every 64-bit CPU has and every KVM passes through: leaf 1 EDX x87, DE,
+ * PSE, TSC, MSR, PAE, MCE, CX8, APIC, SEP, MTRR, PGE, MCA, CMOV, PAT, PSE36, CLFLUSH, MMX, FXSR,
+ * SSE, SSE2; leaf 0x80000001 EDX SYSCALL, NX, LM. */
+#define BASELINE_L1_EDX                                                                                 \
+	(1u << 0 | 1u << 2 | 1u << 3 | 1u << 4 | 1u << 5 | 1u << 6 | 1u << 7 | 1u << 8 | 1u << 9 | 1u << 11 | \
+	 1u << 12 | 1u << 13 | 1u << 14 | 1u << 15 | 1u << 16 | 1u << 17 | 1u << 19 | 1u << 23 | 1u << 24 |  \
+	 1u << 25 | 1u << 26)
+#define BASELINE_X1_EDX ((1u << 11) | (1u << 20) | (1u << 29))
+#define BASELINE_X8_EAX 0xffffu /* physical and linear address bits */
+
+int x86_cpuid_baseline(struct kvm_cpuid2 **out, struct cella_err *err)
+{
+	struct kvm_cpuid2 *c = cpuid_alloc(5);
+	if (!c)
+		return cella_err_set(err, ENOMEM, "cpuid: out of memory");
+	unsigned a, b, cx, d, max_ext;
+	__cpuid(0, a, b, cx, d);
+	c->entries[0] = (struct kvm_cpuid_entry2){ .function = 0, .eax = 1, .ebx = b, .ecx = cx, .edx = d };
+	__cpuid(1, a, b, cx, d);
+	/* EAX: family, model, stepping; EBX: only the CLFLUSH line size (x86_cpuid_for_vcpu sets APIC
+	 * ID and count); ECX: no optional feature. */
+	c->entries[1] = (struct kvm_cpuid_entry2){ .function = 1, .eax = a, .ebx = b & 0xff00u,
+						   .edx = d & BASELINE_L1_EDX };
+	c->nent = 2;
+	__cpuid(0x80000000u, max_ext, b, cx, d);
+	if (max_ext >= 0x80000008u) {
+		c->entries[2] = (struct kvm_cpuid_entry2){ .function = 0x80000000u, .eax = 0x80000008u, .ebx = b,
+							   .ecx = cx, .edx = d };
+		__cpuid(0x80000001u, a, b, cx, d);
+		c->entries[3] = (struct kvm_cpuid_entry2){ .function = 0x80000001u, .eax = a,
+							   .edx = d & BASELINE_X1_EDX };
+		__cpuid(0x80000008u, a, b, cx, d);
+		c->entries[4] = (struct kvm_cpuid_entry2){ .function = 0x80000008u, .eax = a & BASELINE_X8_EAX };
+		c->nent = 5;
+	}
+	*out = c;
+	return 0;
 }
 
 struct kvm_cpuid_entry2 *x86_cpuid_find(struct kvm_cpuid2 *c, uint32_t function, uint32_t index)
