@@ -32,10 +32,10 @@ sec linux-api
   --initrd /kit/initramfs.cpio.gz --memory 256 --cmdline 'CMDLINE' </dev/null >/tmp/vmm.log 2>&1 &
 vmm=$!
 i=0
-while kill -0 $vmm 2>/dev/null && ! grep -q KBD-CHECKED /tmp/guest.out 2>/dev/null && [ $i -lt 2400 ]; do
+while kill -0 $vmm 2>/dev/null && ! grep -q '^KBD-CHECKED' /tmp/guest.out 2>/dev/null && [ $i -lt 2400 ]; do
   sleep 0.1; i=$((i+1))
 done
-grep -q KBD-CHECKED /tmp/guest.out && echo booted
+grep -q '^KBD-CHECKED' /tmp/guest.out && echo booted
 echo "mode $(stat -c %a /tmp/api.sock)"
 api GET /
 api PUT /actions '{"action_type": "SendCtrlAltDel"}'
