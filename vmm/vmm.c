@@ -488,7 +488,7 @@ static bool vcpu_here_fits(const struct vmm *m)
 	return m->vm->ncpus == 1 && !m->api && !m->vm->cfg->snapshot_dir && m->con.in_fd < 0;
 }
 
-static int vcpu_here_setup(struct vmm *m)
+static void vcpu_here_setup(struct vmm *m)
 {
 	/* KVM_RUN lets through what the signalfd takes (and the kick); everything else stays as it is. */
 	sigset_t run;
@@ -497,14 +497,10 @@ static int vcpu_here_setup(struct vmm *m)
 		if (sigismember(&m->sig_fd_set, sig) == 1)
 			sigdelset(&run, sig);
 	struct cella_err err = { 0 };
-	if (vcpu_here_init(&m->vm->vcpus[0], &run, &err) < 0) {
-		/* not fatal: the vCPU gets a thread as with any other VM */
-		log_debug("vCPU 0 on its own thread: %s", err.msg);
-		m->vm->vcpus[0].here = false;
-	} else {
+	if (vcpu_here_init(&m->vm->vcpus[0], &run, &err) < 0)
+		log_debug("vCPU 0 on its own thread: %s", err.msg); /* as with any other VM */
+	else
 		log_debug("vCPU 0 runs on the VMM thread");
-	}
-	return 0;
 }
 
 /* Builds and starts the VM (a restored one stays paused when restore_paused). A failure to build
@@ -525,7 +521,7 @@ static int vm_boot(struct vmm *m, struct cella_err *err)
 	m->state = paused ? API_STATE_PAUSED : API_STATE_RUNNING;
 	r = vm_virtio_start(vm, err);
 	if (r == 0 && !paused && vcpu_here_fits(m))
-		r = vcpu_here_setup(m);
+		vcpu_here_setup(m);
 	if (r == 0)
 		r = vcpus_start(vm, err);
 	if (r < 0)
