@@ -393,20 +393,28 @@ static int pair_connect(void *ctx, uint32_t port)
 	return sv[0];
 }
 
-static void test_limit_and_reset(void)
+/* Makes v a second device whose guest connections end in socketpairs (host ends kept in keep[]),
+ * attached and started on the test transport; returns the device it replaces. */
+static struct vsock *pair_device_up(int keep[512], struct vsock_config *cfg, const char *what)
 {
-	/* a second device whose guest connections end in socketpairs */
-	static int keep[512];
 	for (int i = 0; i < 512; i++)
 		keep[i] = -1;
 	struct vsock *saved = v;
 	struct cella_err err = { 0 };
-	struct vsock_config cfg = { .guest_cid = CID, .connect = pair_connect, .connect_ctx = keep };
-	TAP_OK(vsock_new(&cfg, &v, &err) == 0, "device with a connect hook");
+	*cfg = (struct vsock_config){ .guest_cid = CID, .connect = pair_connect, .connect_ctx = keep };
+	TAP_OK(vsock_new(cfg, &v, &err) == 0, "%s", what);
 	virtio_mmio_destroy(&vd_t);
 	virtio_mmio_init(&vd_t, &virtio_vsock_ops, v, &vd_host, 6, &vd_mem, &err);
 	vsock_attach(v, &vd_t);
 	vd_start();
+	return saved;
+}
+
+static void test_limit_and_reset(void)
+{
+	static int keep[512];
+	struct vsock_config cfg;
+	struct vsock *saved = pair_device_up(keep, &cfg, "device with a connect hook");
 	vd_rx_post(VD_QSIZE);
 	unsigned responses = 0, rsts = 0;
 	struct vsock_hdr h;
@@ -473,16 +481,9 @@ static uint32_t next_used_id(unsigned q)
 static void test_snapshot_rx_buffer(void)
 {
 	static int keep[512];
-	for (int i = 0; i < 512; i++)
-		keep[i] = -1;
-	struct vsock *saved = v;
+	struct vsock_config cfg;
+	struct vsock *saved = pair_device_up(keep, &cfg, "snapshot: device with a connect hook");
 	struct cella_err err = { 0 };
-	struct vsock_config cfg = { .guest_cid = CID, .connect = pair_connect, .connect_ctx = keep };
-	TAP_OK(vsock_new(&cfg, &v, &err) == 0, "snapshot: device with a connect hook");
-	virtio_mmio_destroy(&vd_t);
-	virtio_mmio_init(&vd_t, &virtio_vsock_ops, v, &vd_host, 6, &vd_mem, &err);
-	vsock_attach(v, &vd_t);
-	vd_start();
 	vd_rx_post(8);
 	vd_ev_post();
 	struct vsock_hdr h, q = vd_hdr(CID, 7, 80, VSOCK_OP_REQUEST, 0, 0, 65536, 0);
