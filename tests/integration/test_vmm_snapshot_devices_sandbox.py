@@ -78,14 +78,7 @@ echo POST-DONE-$c
 
 E = "/g/vsock-echo"
 BATCH = rf"""
-sec() {{ echo; echo "=== $1"; }}
-# wait_for FILE PATTERN TENTHS: poll for a line matching PATTERN
-wait_for() {{
-  i=0
-  while ! grep -q "$2" "$1" && [ $i -lt $3 ]; do sleep 0.1; i=$((i+1)); done
-  grep -q "$2" "$1" || echo "TIMEOUT waiting for $2 in $1"
-}}
-sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
+{sandbox.SH_HELPERS}sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
 
 sec original
 tunctl -t ptap0 >/dev/null && ip addr add 10.0.3.1/24 dev ptap0 && ip link set ptap0 up; echo tap-rc=$?

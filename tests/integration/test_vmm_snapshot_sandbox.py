@@ -20,14 +20,7 @@ VMM = "/bin/cella-vmm"
 MACHINE = "--kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --memory 256 --cpus 2 --rng"
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
-# wait_for FILE PATTERN TENTHS: poll for a line matching PATTERN
-wait_for() {{
-  i=0
-  while ! grep -q "$2" "$1" && [ $i -lt $3 ]; do sleep 0.1; i=$((i+1)); done
-  grep -q "$2" "$1" || echo "TIMEOUT waiting for $2 in $1"
-}}
-
+{sandbox.SH_HELPERS}
 sec original
 mkfifo /tmp/in0
 {VMM} {MACHINE} --cmdline '{CMDLINE}' --snapshot-dir /tmp/snap </tmp/in0 >/tmp/out0 2>&1 &

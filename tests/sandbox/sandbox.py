@@ -570,6 +570,18 @@ def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=()
     return sections(output)
 
 
+# Shell functions for batch scripts: `sec NAME` opens a section, `wait_for FILE PATTERN TENTHS`
+# polls FILE for PATTERN and prints a TIMEOUT line when it never comes.
+SH_HELPERS = r"""
+sec() { echo; echo "=== $1"; }
+wait_for() {
+  i=0
+  while ! grep -q "$2" "$1" && [ $i -lt $3 ]; do sleep 0.1; i=$((i+1)); done
+  grep -q "$2" "$1" || echo "TIMEOUT waiting for $2 in $1"
+}
+"""
+
+
 # Batches print "=== NAME" before each part and "rc=N" after commands; guests booted with the
 # guest kit frame their output with cella-init's markers.
 GUEST_RE = re.compile(r"CELLA-INIT-READY uptime=[0-9.]+\n(.*?)CELLA-EXIT-STATUS=(\d+)\n", re.S)
