@@ -78,7 +78,7 @@ echo POST-DONE-$c
 
 E = "/g/vsock-echo"
 BATCH = rf"""
-{sandbox.SH_HELPERS}sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
+{sandbox.SH_HELPERS}{sandbox.SH_CLONES}sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
 
 sec original
 tunctl -t ptap0 >/dev/null && ip addr add 10.0.3.1/24 dev ptap0 && ip link set ptap0 up; echo tap-rc=$?
@@ -110,10 +110,7 @@ ls -ls /tmp/snap
 
 for c in a b; do
   sec clone-$c
-  mkfifo /tmp/in-$c
-  {VMM} --restore /tmp/snap </tmp/in-$c >/tmp/out-$c 2>&1 &
-  p=$!
-  exec 4>/tmp/in-$c
+  clone_start $c
   wait_for /tmp/out-$c 'VM restored' 600
   sleep 1
   printf 'sh /post.sh %s\n' $c >&4
@@ -122,10 +119,7 @@ for c in a b; do
   echo host-pre-sum=$(sum 0 {DATA_BLOCKS})
   echo host-after-sum=$(sum {AFTER_SEEK} {AFTER_BLOCKS})
   printf 'exit 7\n' >&4
-  i=0; while kill -0 $p 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-  kill -0 $p 2>/dev/null && {{ echo "HUNG clone $c"; kill -9 $p; }}
-  wait $p; echo rc=$?
-  exec 4>&-
+  clone_end $c
   [ -e /tmp/v.sock ] && echo uds-left || echo uds-gone
   cat /tmp/out-$c
 done
@@ -134,22 +128,16 @@ ip link show ptap0 >/dev/null 2>&1 && echo tap-still-there
 
 sec clone-notap
 tunctl -d ptap0 >/dev/null; ip link show ptap0 >/dev/null 2>&1 && echo tap-not-deleted
-mkfifo /tmp/in-n
-{VMM} --restore /tmp/snap </tmp/in-n >/tmp/out-n 2>&1 &
-p=$!
-exec 4>/tmp/in-n
-wait_for /tmp/out-n 'VM restored' 600
+clone_start notap
+wait_for /tmp/out-notap 'VM restored' 600
 sleep 1
 ip link show ptap0 >/dev/null 2>&1 && echo tap-made-by-restore
 printf 'sh /count.sh notap\n' >&4
-wait_for /tmp/out-n 'echo-procs-notap=' 600
+wait_for /tmp/out-notap 'echo-procs-notap=' 600
 printf 'exit 9\n' >&4
-i=0; while kill -0 $p 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-kill -0 $p 2>/dev/null && {{ echo "HUNG clone notap"; kill -9 $p; }}
-wait $p; echo rc=$?
-exec 4>&-
+clone_end notap
 ip link show ptap0 >/dev/null 2>&1 && echo tap-left || echo tap-removed
-cat /tmp/out-n
+cat /tmp/out-notap
 
 sec leaks
 kill $echo_pid; wait $echo_pid 2>/dev/null

@@ -20,7 +20,7 @@ VMM = "/bin/cella-vmm"
 MACHINE = "--kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --memory 256 --cpus 2 --rng"
 
 BATCH = f"""
-{sandbox.SH_HELPERS}
+{sandbox.SH_HELPERS}{sandbox.SH_CLONES}
 sec original
 mkfifo /tmp/in0
 {VMM} {MACHINE} --cmdline '{CMDLINE}' --snapshot-dir /tmp/snap </tmp/in0 >/tmp/out0 2>&1 &
@@ -41,10 +41,7 @@ ls -ls /tmp/snap
 
 for c in a b; do
   sec clone-$c
-  mkfifo /tmp/in-$c
-  {VMM} --restore /tmp/snap </tmp/in-$c >/tmp/out-$c 2>&1 &
-  p=$!
-  exec 4>/tmp/in-$c
+  clone_start $c
   wait_for /tmp/out-$c 'count=' 1200
   printf 'echo typed-$((6*7))-%s\\n' $c >&4
   wait_for /tmp/out-$c "typed-42-$c" 600
@@ -52,10 +49,7 @@ for c in a b; do
   wait_for /tmp/out-$c "hwrng=" 600
   wait_for /tmp/out-$c "count=$(( ${{at#count=}} + 4 ))" 600
   printf 'exit 5\\n' >&4
-  i=0; while kill -0 $p 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-  kill -0 $p 2>/dev/null && {{ echo "HUNG clone $c"; kill -9 $p; }}
-  wait $p; echo rc=$?
-  exec 4>&-
+  clone_end $c
   cat /tmp/out-$c
 done
 """

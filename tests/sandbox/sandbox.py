@@ -581,6 +581,25 @@ wait_for() {
 }
 """
 
+# Shell functions for snapshot batches. `clone_start NAME` starts a cella-vmm restored from
+# /tmp/snap: its console input on fd 4 (fifo /tmp/in-NAME), its output in /tmp/out-NAME, its pid in
+# $p. `clone_end NAME` waits up to 60 s for it to exit (printing HUNG and killing it otherwise),
+# prints rc=N and closes fd 4.
+SH_CLONES = r"""
+clone_start() {
+  mkfifo /tmp/in-$1
+  /bin/cella-vmm --restore /tmp/snap </tmp/in-$1 >/tmp/out-$1 2>&1 &
+  p=$!
+  exec 4>/tmp/in-$1
+}
+clone_end() {
+  i=0; while kill -0 $p 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  kill -0 $p 2>/dev/null && { echo "HUNG clone $1"; kill -9 $p; }
+  wait $p; echo rc=$?
+  exec 4>&-
+}
+"""
+
 
 # Batches print "=== NAME" before each part and "rc=N" after commands; guests booted with the
 # guest kit frame their output with cella-init's markers.
