@@ -4,6 +4,7 @@ One sandbox boot runs every check; each nested QEMU (-accel kvm) boots the guest
 console output comes back out through both levels. Sections of the batch are separated by
 "=== NAME" lines and checked by separate tests.
 """
+import io
 import os
 import re
 import shutil
@@ -148,3 +149,27 @@ def test_timeout_kills_qemu_and_removes_temp_files(tmp_path, monkeypatch):
                 assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
         except (FileNotFoundError, ProcessLookupError):
             pass
+
+
+def test_frozen_sandbox_is_booted_again(monkeypatch, capsys):
+    """run() boots a frozen sandbox again FREEZE_RETRIES times, notes each freeze in the stream,
+    and raises the last freeze when every boot froze. No QEMU: the boot itself is replaced."""
+    boots = []
+
+    def boot(script, stream=None, **kwargs):
+        boots.append(script)
+        if len(boots) <= freezes:
+            raise sandbox.SandboxFrozen(f"sandbox froze after {len(boots)} s")
+        return 0, "done\n"
+
+    monkeypatch.setattr(sandbox, "_run_once", boot)
+    freezes = sandbox.FREEZE_RETRIES
+    log = io.StringIO()
+    assert sandbox.run("true", stream=log) == (0, "done\n")
+    assert len(boots) == freezes + 1 and log.getvalue().count("SANDBOX FROZE, booting it again") == freezes
+    assert "SANDBOX FROZE" in capsys.readouterr().err
+    boots.clear()
+    freezes = 2
+    with pytest.raises(sandbox.SandboxFrozen, match="froze after 2 s"):
+        sandbox.run("true", freeze_retries=1)
+    assert len(boots) == 2
