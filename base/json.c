@@ -100,16 +100,45 @@ static int member(const json_t *obj, const char *path, const char *key, bool req
 	return 1;
 }
 
+enum kind { K_STRING, K_BOOLEAN, K_INTEGER, K_NUMBER, K_OBJECT, K_ARRAY };
+static const char *const kind_names[] = { "string", "boolean", "integer", "number", "object", "array" };
+
+static bool is_kind(const json_t *j, enum kind k)
+{
+	switch (k) {
+	case K_STRING: return json_is_string(j);
+	case K_BOOLEAN: return json_is_boolean(j);
+	case K_INTEGER: return json_is_integer(j);
+	case K_NUMBER: return json_is_number(j);
+	case K_OBJECT: return json_is_object(j);
+	case K_ARRAY: return json_is_array(j);
+	}
+	return false;
+}
+
+/* member() plus the type check every getter makes ("PATH: expected KIND, got TYPE"); *out is set
+ * only when the member is present and of that kind. */
+static int typed_member(const json_t *obj, const char *path, const char *key, bool required, enum kind k,
+			json_t **out, char *sub, struct cella_err *err)
+{
+	json_t *j = NULL;
+	int r = member(obj, path, key, required, &j, sub, err);
+	if (r <= 0)
+		return r;
+	if (!is_kind(j, k))
+		return type_error(j, sub, kind_names[k], err);
+	*out = j;
+	return 1;
+}
+
 int cj_get_string(const json_t *obj, const char *path, const char *key, bool required, const char **out,
 		  struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
+	json_t *j = NULL;
+	int r = typed_member(obj, path, key, required, K_STRING, &j, sub, err);
 	if (r <= 0)
 		return r;
-	if (!json_is_string(j))
-		return type_error(j, sub, "string", err);
 	*out = json_string_value(j);
 	return 1;
 }
@@ -133,12 +162,10 @@ int cj_get_bool(const json_t *obj, const char *path, const char *key, bool requi
 		struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
+	json_t *j = NULL;
+	int r = typed_member(obj, path, key, required, K_BOOLEAN, &j, sub, err);
 	if (r <= 0)
 		return r;
-	if (!json_is_boolean(j))
-		return type_error(j, sub, "boolean", err);
 	*out = json_is_true(j);
 	return 1;
 }
@@ -147,12 +174,10 @@ int cj_get_int64(const json_t *obj, const char *path, const char *key, bool requ
 		 struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
+	json_t *j = NULL;
+	int r = typed_member(obj, path, key, required, K_INTEGER, &j, sub, err);
 	if (r <= 0)
 		return r;
-	if (!json_is_integer(j))
-		return type_error(j, sub, "integer", err);
 	*out = json_integer_value(j);
 	return 1;
 }
@@ -161,12 +186,10 @@ int cj_get_uint64(const json_t *obj, const char *path, const char *key, bool req
 		  struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
+	json_t *j = NULL;
+	int r = typed_member(obj, path, key, required, K_INTEGER, &j, sub, err);
 	if (r <= 0)
 		return r;
-	if (!json_is_integer(j))
-		return type_error(j, sub, "integer", err);
 	json_int_t v = json_integer_value(j);
 	if (v < 0)
 		return cella_err_set(err, EINVAL, "%s: expected non-negative integer, got %" JSON_INTEGER_FORMAT,
@@ -178,7 +201,7 @@ int cj_get_uint64(const json_t *obj, const char *path, const char *key, bool req
 int cj_get_uint32(const json_t *obj, const char *path, const char *key, bool required, uint32_t *out,
 		  struct cella_err *err)
 {
-	uint64_t v;
+	uint64_t v = 0;
 	int r = cj_get_uint64(obj, path, key, required, &v, err);
 	if (r <= 0)
 		return r;
@@ -195,12 +218,10 @@ int cj_get_double(const json_t *obj, const char *path, const char *key, bool req
 		  struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
+	json_t *j = NULL;
+	int r = typed_member(obj, path, key, required, K_NUMBER, &j, sub, err);
 	if (r <= 0)
 		return r;
-	if (!json_is_number(j))
-		return type_error(j, sub, "number", err);
 	*out = json_number_value(j);
 	return 1;
 }
@@ -209,28 +230,14 @@ int cj_get_object(const json_t *obj, const char *path, const char *key, bool req
 		  struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
-	if (r <= 0)
-		return r;
-	if (!json_is_object(j))
-		return type_error(j, sub, "object", err);
-	*out = j;
-	return 1;
+	return typed_member(obj, path, key, required, K_OBJECT, out, sub, err);
 }
 
 int cj_get_array(const json_t *obj, const char *path, const char *key, bool required, json_t **out,
 		 struct cella_err *err)
 {
 	char sub[CJ_PATH_MAX];
-	json_t *j;
-	int r = member(obj, path, key, required, &j, sub, err);
-	if (r <= 0)
-		return r;
-	if (!json_is_array(j))
-		return type_error(j, sub, "array", err);
-	*out = j;
-	return 1;
+	return typed_member(obj, path, key, required, K_ARRAY, out, sub, err);
 }
 
 int cj_get_strv(const json_t *obj, const char *path, const char *key, bool required, char ***out,
