@@ -154,25 +154,35 @@ static char *split_dashes(char *cmdline)
 	return NULL;
 }
 
+/* Steps *p over the next word of a command line (spaces separate words, except inside double
+ * quotes); returns its start, its length in *len, or NULL at the end. */
+static const char *next_word(const char **p, size_t *len)
+{
+	const char *s = *p;
+	while (*s == ' ')
+		s++;
+	const char *word = s;
+	bool quoted = false;
+	while (*s && (quoted || *s != ' ')) {
+		if (*s == '"')
+			quoted = !quoted;
+		s++;
+	}
+	*p = s;
+	*len = (size_t)(s - word);
+	return *len ? word : NULL;
+}
+
 /* Finds "key=" as a whole word in the kernel part; returns a malloc'ed value or NULL. */
 static char *cmdline_value(const char *kernel, const char *key)
 {
-	size_t klen = strlen(key);
-	const char *p = kernel;
+	size_t klen = strlen(key), wlen;
+	const char *p = kernel, *word;
 
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		const char *word = p;
-		bool quoted = false;
-		while (*p && (quoted || *p != ' ')) {
-			if (*p == '"')
-				quoted = !quoted;
-			p++;
-		}
-		if ((size_t)(p - word) > klen && strncmp(word, key, klen) == 0 && word[klen] == '=') {
+	while ((word = next_word(&p, &wlen))) {
+		if (wlen > klen && strncmp(word, key, klen) == 0 && word[klen] == '=') {
 			const char *v = word + klen + 1;
-			size_t vlen = p - v;
+			size_t vlen = wlen - klen - 1;
 			if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"') {
 				v++;
 				vlen -= 2;
@@ -211,21 +221,11 @@ static void percent_decode(char *s)
 /* Collects "MOD.param=value" words for module MOD ('-' and '_' equal) into a param string. */
 static void module_params(const char *kernel, const char *mod, char *out, size_t size)
 {
-	size_t mlen = strlen(mod), used = 0;
-	const char *p = kernel;
+	size_t mlen = strlen(mod), used = 0, wlen;
+	const char *p = kernel, *word;
 
 	out[0] = '\0';
-	while (*p) {
-		while (*p == ' ')
-			p++;
-		const char *word = p;
-		bool quoted = false;
-		while (*p && (quoted || *p != ' ')) {
-			if (*p == '"')
-				quoted = !quoted;
-			p++;
-		}
-		size_t wlen = p - word;
+	while ((word = next_word(&p, &wlen))) {
 		if (wlen <= mlen + 1 || word[mlen] != '.')
 			continue;
 		bool same = true;
