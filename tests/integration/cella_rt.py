@@ -1,13 +1,17 @@
 """Helpers for the runtime integration tests: a private --root per test, busybox bundles, and a
 leak check (mounts, cgroups, state dir, processes) after every test."""
+import array
 import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -238,3 +242,54 @@ def rt():
 def status_field(text, key):
     m = re.search(rf"^{key}:\s*(.*)$", text, re.M)
     return m.group(1).strip() if m else None
+
+
+def recv_fds(conn, size=4096):
+    """One message from a unix socket and the fds it carried (SCM_RIGHTS): (bytes, [fd, ...])."""
+    fds = array.array("i")
+    msg, anc, _, _ = conn.recvmsg(size, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, typ, data in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds)
+
+
+def seccomp_agent(path, got, answers, errno_for=lambda nr: 0):
+    """A seccomp agent on a unix socket, in a thread (returned). Connection i brings the container
+    state and its notify fd; the agent then answers answers[i] notifications: with -errno_for(nr)
+    when that is not 0, else SECCOMP_USER_NOTIF_FLAG_CONTINUE. It records in got: "states" (the
+    state JSONs), "nr" (the syscalls), "continued" (how many went on), "error" (if it failed)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    srv.settimeout(30)
+
+    def serve():
+        try:
+            for n_answers in answers:
+                conn, _ = srv.accept()
+                msg, fds = recv_fds(conn, 65536)
+                got.setdefault("states", []).append(json.loads(msg.decode()))
+                conn.close()
+                for _ in range(n_answers):
+                    req = bytearray(80)  # struct seccomp_notif
+                    fcntl.ioctl(fds[0], 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
+                    nid, _pid, _flags, nr = struct.unpack_from("=QIIi", req)
+                    got.setdefault("nr", []).append(nr)
+                    errno = errno_for(nr)
+                    if errno:
+                        resp = struct.pack("=QqiI", nid, 0, -errno, 0)
+                    else:
+                        resp = struct.pack("=QqiI", nid, 0, 0, 1)
+                        got["continued"] = got.get("continued", 0) + 1
+                    fcntl.ioctl(fds[0], 0xC0182101, bytearray(resp))  # SECCOMP_IOCTL_NOTIF_SEND
+                for fd in fds:
+                    os.close(fd)
+        except Exception as e:  # reported by the test
+            got["error"] = repr(e)
+        finally:
+            srv.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t

@@ -1,13 +1,12 @@
 """cella exec: exit status, namespaces (incl. a user namespace), cgroups, --env/--cwd/--user/--cap,
 --process files, --detach with --pid-file, a terminal over --console-socket, and runc's errors."""
-import array
 import json
 import os
 import socket
 import subprocess
 import time
 
-from cella_rt import CELLA, rt  # noqa: F401  (fixture)
+from cella_rt import CELLA, recv_fds, rt, seccomp_agent  # noqa: F401  (rt: fixture)
 
 USERNS = {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
           "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}
@@ -139,15 +138,6 @@ def test_exec_in_user_namespace(rt):
     rt.ok("delete", "-f", cid)
 
 
-def recv_fd(conn):
-    fds = array.array("i")
-    msg, anc, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * fds.itemsize))
-    for level, typ, data in anc:
-        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return msg, list(fds)
-
-
 def test_exec_tty_console_socket(rt):
     cid = start(rt)
     sock_path = str(rt.tmp / "console.sock")
@@ -157,7 +147,7 @@ def test_exec_tty_console_socket(rt):
     r = rt.cmd("exec", "-t", "-d", "--console-socket", sock_path, cid, "sh", "-c", "tty; echo exec-term-ok; sleep 0.5")
     assert r.returncode == 0, r
     conn, _ = srv.accept()
-    name, fds = recv_fd(conn)
+    name, fds = recv_fds(conn)
     conn.close()
     srv.close()
     assert len(fds) == 1 and name.startswith(b"/dev/pts/"), name
@@ -289,50 +279,11 @@ def test_exec_tty_interactive_through_a_pty(rt):
     rt.ok("delete", "-f", cid)
 
 
-def _continue_agent(path, per_conn, got):
-    """Seccomp agent: for each connection, lets per_conn notified syscalls continue."""
-    import array
-    import fcntl
-    import struct
-    import threading
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(path))
-    srv.listen(4)
-    srv.settimeout(30)
-
-    def serve():
-        try:
-            for n in per_conn:
-                conn, _ = srv.accept()
-                fds = array.array("i")
-                _, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
-                for level, typ, data in anc:
-                    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-                conn.close()
-                for _ in range(n):
-                    req = bytearray(80)
-                    fcntl.ioctl(fds[0], 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
-                    nid = struct.unpack_from("=Q", req)[0]
-                    # SECCOMP_USER_NOTIF_FLAG_CONTINUE
-                    fcntl.ioctl(fds[0], 0xC0182101, bytearray(struct.pack("=QqiI", nid, 0, 0, 1)))
-                    got["continued"] = got.get("continued", 0) + 1
-                os.close(fds[0])
-        except Exception as e:
-            got["error"] = repr(e)
-        finally:
-            srv.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return t
-
-
 def test_exec_notify_on_execve_does_not_deadlock(rt):
     """The listener fd must reach the agent before the process's own execve (which it notifies)."""
     sock = rt.tmp / "agent.sock"
     got = {}
-    t = _continue_agent(sock, [1, 1], got)
+    t = seccomp_agent(sock, got, [1, 1])
     sc = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(sock),
           "syscalls": [{"names": ["execve"], "action": "SCMP_ACT_NOTIFY"}]}
     cid = start(rt, edit=lambda c: c["linux"].update(seccomp=sc))

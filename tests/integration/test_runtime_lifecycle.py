@@ -1,7 +1,6 @@
 """cella lifecycle against busybox bundles: create/start/state/kill/delete/list, run exit codes,
 stdio, pid files, --preserve-fds, the console socket, runc's error messages, and a runtime
 SIGKILLed in the middle of create."""
-import array
 import json
 import os
 import random
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from cella_rt import CELLA, rt  # noqa: F401  (fixture)
+from cella_rt import CELLA, recv_fds, rt  # noqa: F401  (rt: fixture)
 
 
 def test_run_exit_codes(rt):
@@ -178,15 +177,6 @@ def test_pid_file_and_detach(rt):
     rt.ok("delete", "--force", cid)
 
 
-def recv_fd(conn):
-    fds = array.array("i")
-    msg, anc, _, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4 * fds.itemsize))
-    for level, typ, data in anc:
-        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    return msg, list(fds)
-
-
 def test_terminal_console_socket(rt):
     b = rt.bundle(["sh", "-c", "tty; echo term-ok; sleep 0.5"])
     rt.edit_config(b, lambda c: c["process"].update(terminal=True, consoleSize={"height": 25, "width": 90}))
@@ -198,7 +188,7 @@ def test_terminal_console_socket(rt):
     r = rt.cmd("create", "--bundle", b, "--console-socket", sock_path, cid)
     assert r.returncode == 0, r
     conn, _ = srv.accept()
-    name, fds = recv_fd(conn)
+    name, fds = recv_fds(conn)
     conn.close()
     srv.close()
     assert len(fds) == 1 and name.startswith(b"/dev/pts/")

@@ -1,9 +1,8 @@
 """linux.seccomp: actions (errno with errnoRet and defaultErrnoRet, kill), argument conditions,
 unknown syscall names, flags and architectures, and what `features` reports."""
 import json
-import os
 
-from cella_rt import rt  # noqa: F401  (fixture)
+from cella_rt import rt, seccomp_agent  # noqa: F401  (rt: fixture)
 
 # Enough for busybox sh and its applets under a default-deny filter.
 ALLOW = ["read", "write", "open", "openat", "close", "stat", "fstat", "lstat", "newfstatat", "statx", "poll",
@@ -125,49 +124,8 @@ def test_features_reports_seccomp(rt):
 
 
 def _notify_agent(path, got, answers):
-    """A seccomp agent on a unix socket: for connection i takes the state + notify fd and answers
-    answers[i] notifications with ENOSPC."""
-    import array
-    import fcntl
-    import socket
-    import struct
-    import threading
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(path))
-    srv.listen(4)
-    srv.settimeout(30)
-
-    def serve():
-        try:
-            for n_answers in answers:
-                conn, _ = srv.accept()
-                fds = array.array("i")
-                msg, anc, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
-                for level, typ, data in anc:
-                    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                        fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-                got.setdefault("states", []).append(json.loads(msg.decode()))
-                conn.close()
-                fd = fds[0]
-                for _ in range(n_answers):
-                    req = bytearray(80)  # struct seccomp_notif
-                    fcntl.ioctl(fd, 0xC0502100, req)  # SECCOMP_IOCTL_NOTIF_RECV
-                    nid, pid, _flags, nr = struct.unpack_from("=QIIi", req)
-                    got.setdefault("nr", []).append(nr)
-                    if nr in (83, 258):  # mkdir, mkdirat: error = -ENOSPC
-                        resp = struct.pack("=QqiI", nid, 0, -28, 0)
-                    else:  # anything else: SECCOMP_USER_NOTIF_FLAG_CONTINUE
-                        resp = struct.pack("=QqiI", nid, 0, 0, 1)
-                    fcntl.ioctl(fd, 0xC0182101, bytearray(resp))  # SECCOMP_IOCTL_NOTIF_SEND
-                os.close(fd)
-        except Exception as e:  # reported by the test
-            got["error"] = repr(e)
-        finally:
-            srv.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return t
+    """The seccomp agent answering mkdir and mkdirat with ENOSPC, letting anything else go on."""
+    return seccomp_agent(path, got, answers, errno_for=lambda nr: 28 if nr in (83, 258) else 0)
 
 
 def test_notify_listener_gets_fd_and_answers(rt):
