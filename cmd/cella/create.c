@@ -6,23 +6,22 @@
 
 enum { O_BUNDLE = 1, O_CONSOLE, O_PIDFILE, O_NOPIVOT, O_KEYRING, O_PRESERVE, O_DETACH, O_KEEP, O_NOSUBREAPER };
 
+/* create's options; run takes them all, and --detach, --keep, --no-subreaper */
+#define CREATE_OPTS \
+	{ "bundle", 'b', true, O_BUNDLE }, \
+	{ "console-socket", 0, true, O_CONSOLE }, \
+	{ "pid-file", 0, true, O_PIDFILE }, \
+	{ "no-pivot", 0, false, O_NOPIVOT }, \
+	{ "no-new-keyring", 0, false, O_KEYRING }, \
+	{ "preserve-fds", 0, true, O_PRESERVE }
+
 static const struct opt create_opts[] = {
-	{ "bundle", 'b', true, O_BUNDLE },
-	{ "console-socket", 0, true, O_CONSOLE },
-	{ "pid-file", 0, true, O_PIDFILE },
-	{ "no-pivot", 0, false, O_NOPIVOT },
-	{ "no-new-keyring", 0, false, O_KEYRING },
-	{ "preserve-fds", 0, true, O_PRESERVE },
+	CREATE_OPTS,
 	{ NULL, 0, false, 0 },
 };
 
 static const struct opt run_opts[] = {
-	{ "bundle", 'b', true, O_BUNDLE },
-	{ "console-socket", 0, true, O_CONSOLE },
-	{ "pid-file", 0, true, O_PIDFILE },
-	{ "no-pivot", 0, false, O_NOPIVOT },
-	{ "no-new-keyring", 0, false, O_KEYRING },
-	{ "preserve-fds", 0, true, O_PRESERVE },
+	CREATE_OPTS,
 	{ "detach", 'd', false, O_DETACH },
 	{ "keep", 0, false, O_KEEP },
 	{ "no-subreaper", 0, false, O_NOSUBREAPER },

@@ -107,6 +107,17 @@ def test_line_typed_on_stdin_runs_in_guest_shell(sections):
     assert "qemu-status=0" in s
 
 
+def assert_nothing_left(tmp_path):
+    """No temp file of the sandbox is left in tmp_path, and no QEMU still runs from it."""
+    assert list(tmp_path.iterdir()) == []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def test_frozen_sandbox_fails_fast_with_qemus_view(tmp_path, monkeypatch):
     """A sandbox whose kernel stops sending heartbeats is reported as frozen within `stall`
     seconds (not at the timeout), with QEMU's threads and vCPU registers; QEMU and the temp
@@ -127,13 +138,7 @@ def test_frozen_sandbox_fails_fast_with_qemus_view(tmp_path, monkeypatch):
     assert re.search(r"^  \d+ (CPU 0|ALL CPUs)/TCG [RSD] \d+% ", msg, re.M), msg
     assert re.search(r"^  CPU#0 RIP=[0-9a-f]+ CPL=0 HLT=[01]$", msg, re.M), msg
     assert "stopped" in e.value.output
-    assert list(tmp_path.iterdir()) == []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
-        except (FileNotFoundError, ProcessLookupError):
-            pass
+    assert_nothing_left(tmp_path)
 
 
 def test_timeout_kills_qemu_and_removes_temp_files(tmp_path, monkeypatch):
@@ -142,13 +147,7 @@ def test_timeout_kills_qemu_and_removes_temp_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
     with pytest.raises(sandbox.SandboxError, match="timed out"):
         sandbox.run("sleep 100", timeout=2)
-    assert list(tmp_path.iterdir()) == []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
-        except (FileNotFoundError, ProcessLookupError):
-            pass
+    assert_nothing_left(tmp_path)
 
 
 def test_frozen_sandbox_is_booted_again(monkeypatch, capsys):
