@@ -23,8 +23,11 @@ struct opt {
 };
 
 /* Parses argv[*i..]: returns an option id, 0 for a positional argument (in *val), -1 at the end,
- * or -2 on error (err filled). Options and positionals may interleave; "--" ends options. */
+ * or -2 on error (err filled) or after printing the verb's --help. Options and positionals may interleave; "--" ends options. */
 int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char **val, struct cella_err *err);
+/* Set when opt_next met --help/-h (not an option of the verb): it printed the verb's options and
+ * returned -2; main then exits 0. */
+extern bool opt_help_shown;
 
 /* The front end of verbs that take exactly one container id and no options: *id = argv's one
  * positional argument. */

@@ -60,6 +60,27 @@ int opt_uint(const char *name, const char *val, unsigned *out, struct cella_err 
 	return 0;
 }
 
+bool opt_help_shown;
+
+/* `cella VERB --help`: the verb's options, from the table it parses with. */
+static void opt_usage(const char *verb, const struct opt *opts)
+{
+	printf("usage: cella %s [command options] [arguments...]\n", verb);
+	if (!opts || !opts->name) {
+		printf("\n(no command options)\n");
+		return;
+	}
+	printf("\ncommand options:\n");
+	for (const struct opt *o = opts; o->name; o++) {
+		char names[64];
+		if (o->short_name)
+			snprintf(names, sizeof(names), "--%s, -%c%s", o->name, o->short_name, o->has_arg ? " VALUE" : "");
+		else
+			snprintf(names, sizeof(names), "--%s%s", o->name, o->has_arg ? " VALUE" : "");
+		printf("  %s\n", names);
+	}
+}
+
 int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char **val, struct cella_err *err)
 {
 	static bool dashdash;
@@ -99,6 +120,11 @@ int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char *
 			return cella_err_set(err, EINVAL, "flag needs an argument: %.*s", (int)(len + 1 + (a[1] == '-')), a), -2;
 		*val = argv[(*i)++];
 		return o->id;
+	}
+	if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+		opt_usage(argv[0], opts);
+		opt_help_shown = true;
+		return -2;
 	}
 	cella_err_set(err, EINVAL, "flag provided but not defined: %.*s", (int)(name - a + len), a);
 	return -2;
@@ -215,6 +241,8 @@ int main(int argc, char **argv)
 		/* The verb sees argv[0] = its name. */
 		int r = verbs[k].fn(&g, argc - i, argv + i, &err);
 		fflush(stdout);
+		if (r < 0 && opt_help_shown)
+			return 0;
 		if (r < 0) {
 			fail(&g, &err);
 			return cella_exit_status > 0 ? cella_exit_status : 1;

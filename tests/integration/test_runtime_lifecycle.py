@@ -236,6 +236,19 @@ def test_version_features_spec(rt, tmp_path):
     assert r.returncode == 1 and "exists" in r.stderr
 
 
+def test_verb_help_lists_its_options(rt):
+    """`cella VERB --help` (as runc users type it) prints the verb's own options and exits 0."""
+    r = rt.ok("run", "--help")
+    assert r.stdout.startswith("usage: cella run ") and "  --bundle, -b VALUE\n" in r.stdout, r
+    assert "  --detach, -d\n" in r.stdout and "  --pid-file VALUE\n" in r.stdout, r
+    r = rt.ok("create", "-h")
+    assert "--bundle, -b VALUE" in r.stdout and "--detach" not in r.stdout, r
+    assert "  --all, -a\n" in rt.ok("kill", "--help").stdout
+    assert "(no command options)" in rt.ok("state", "--help").stdout
+    r = rt.cmd("run", "--bogus")
+    assert r.returncode == 1 and "flag provided but not defined: --bogus" in r.stderr, r
+
+
 def test_systemd_cgroup_and_log_json(rt):
     r = rt.cmd("--systemd-cgroup", "list")
     assert r.returncode == 1 and "systemd cgroup driver is not supported by cella" in r.stderr
