@@ -30,8 +30,48 @@ static void net_free(struct vmm_net *n)
 	*n = (struct vmm_net){ 0 };
 }
 
+void vmm_config_clear_overrides(struct vmm_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->nrestore_disks; i++) {
+		free(cfg->restore_disks[i].id);
+		free(cfg->restore_disks[i].value);
+	}
+	for (unsigned i = 0; i < cfg->nrestore_nets; i++) {
+		free(cfg->restore_nets[i].id);
+		free(cfg->restore_nets[i].value);
+	}
+	free(cfg->restore_vsock_uds);
+	memset(cfg->restore_disks, 0, sizeof(cfg->restore_disks));
+	memset(cfg->restore_nets, 0, sizeof(cfg->restore_nets));
+	cfg->nrestore_disks = cfg->nrestore_nets = 0;
+	cfg->restore_vsock_uds = NULL;
+}
+
+int vmm_config_add_override(struct vmm_override *list, unsigned *n, unsigned max, const char *spec,
+			    const char *what, struct cella_err *err)
+{
+	const char *eq = strchr(spec, '=');
+	if (!eq || eq == spec || !eq[1])
+		return cella_err_set(err, EINVAL, "%s: expected ID=VALUE, got \"%s\"", what, spec);
+	size_t idlen = (size_t)(eq - spec);
+	for (unsigned i = 0; i < *n; i++)
+		if (strlen(list[i].id) == idlen && !strncmp(list[i].id, spec, idlen))
+			return cella_err_set(err, EINVAL, "%s: \"%s\" is overridden twice", what, list[i].id);
+	if (*n >= max)
+		return cella_err_set(err, E2BIG, "%s %s: at most %u overrides", what, spec, max);
+	char *id = strndup(spec, idlen), *value = strdup(eq + 1);
+	if (!id || !value) {
+		free(id);
+		free(value);
+		return cella_err_set(err, ENOMEM, "out of memory");
+	}
+	list[(*n)++] = (struct vmm_override){ id, value };
+	return 0;
+}
+
 void vmm_config_free(struct vmm_config *cfg)
 {
+	vmm_config_clear_overrides(cfg);
 	for (unsigned i = 0; i < cfg->ndisks; i++)
 		disk_free(&cfg->disks[i]);
 	for (unsigned i = 0; i < cfg->nnets; i++)
@@ -322,13 +362,20 @@ static int net_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t
 	return vmm_ratelimit_set(rl, key, value);
 }
 
+int vmm_tap_name_check(const char *tap, const char *where, struct cella_err *err)
+{
+	if (!*tap || strlen(tap) >= 16 || strpbrk(tap, "/: \t\n") || !strcmp(tap, ".") || !strcmp(tap, ".."))
+		return cella_err_set(err, EINVAL, "%s: tap \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' "
+				     "or spaces)", where, tap);
+	return 0;
+}
+
 static int check_net(struct vmm_net *n, const char *where, struct cella_err *err)
 {
 	if (!n->tap || !*n->tap)
 		return cella_err_set(err, EINVAL, "%s: a network device needs tap=NAME", where);
-	if (strlen(n->tap) >= 16 || strpbrk(n->tap, "/: \t\n") || !strcmp(n->tap, ".") || !strcmp(n->tap, ".."))
-		return cella_err_set(err, EINVAL, "%s: tap \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' "
-				     "or spaces)", where, n->tap);
+	if (vmm_tap_name_check(n->tap, where, err) < 0)
+		return -EINVAL;
 	if (!(n->mac[0] | n->mac[1] | n->mac[2] | n->mac[3] | n->mac[4] | n->mac[5]))
 		virtio_net_random_mac(n->mac);
 	return ratelimit_cfg_check(&n->rl, err) < 0 ? cella_err_wrap(err, "%s", where) : 0;

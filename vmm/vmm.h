@@ -65,6 +65,12 @@ struct vmm_net {
 	struct ratelimit_cfg rl;
 };
 
+/* A restore override: the backend (disk path, TAP name) for the snapshot's device named id. */
+struct vmm_override {
+	char *id;
+	char *value;
+};
+
 enum vmm_console {
 	VMM_CONSOLE_STDIO, /* guest serial to stdout; stdin to the guest (raw mode on a tty) */
 	VMM_CONSOLE_FILE,  /* guest serial appended to console_path; no input */
@@ -100,6 +106,15 @@ struct vmm_config {
 	char *restore_state;   /* non-NULL: restore from this state file instead of booting a kernel */
 	char *restore_memory;  /* its memory file */
 	bool restore_paused;   /* restored vCPUs stay paused until vm_resume */
+	/* Restore overrides, so that clones of one snapshot can run side by side (Firecracker's
+	 * network_overrides / vsock_override): another file for the disk with that id (or "vda".. by
+	 * position), another TAP for the interface "eth<i>" (or named by its saved TAP), another vsock
+	 * socket. An id the snapshot does not have is an error. */
+	struct vmm_override restore_disks[VMM_MAX_DISKS];
+	unsigned nrestore_disks;
+	struct vmm_override restore_nets[VMM_MAX_NETS];
+	unsigned nrestore_nets;
+	char *restore_vsock_uds;
 
 	char *id;           /* instance id the API reports; NULL = VMM_DEFAULT_ID */
 	char *api_sock;     /* control API socket path; NULL = no API. Without a kernel, the VM waits for
@@ -123,6 +138,15 @@ int vmm_config_add_disk(struct vmm_config *cfg, const char *spec, struct cella_e
 
 /* Parses one --net value ("tap=NAME[,mac=MAC][,bw=..]...") and appends the network device. */
 int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_err *err);
+
+/* Parses one "ID=VALUE" restore override (--restore-disk, --restore-net; what names the flag in
+ * errors) and appends it to list (*n entries, at most max; an id given twice is an error). */
+int vmm_config_add_override(struct vmm_override *list, unsigned *n, unsigned max, const char *spec,
+			    const char *what, struct cella_err *err);
+/* A TAP name the kernel takes (1..15 bytes, no '/', ':' or spaces); where names it in the error. */
+int vmm_tap_name_check(const char *tap, const char *where, struct cella_err *err);
+/* Frees cfg's restore overrides (the rest of cfg stays). */
+void vmm_config_clear_overrides(struct vmm_config *cfg);
 
 /* Reads a JSON config ({"kernel", "initrd", "cmdline", "cpus", "memory_mib", "console", "rng", "disks",
  * "nets", "vsock"}) over cfg: fields present replace cfg's values ("disks" and "nets" replace the lists). Unknown

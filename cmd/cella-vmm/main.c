@@ -18,7 +18,8 @@
 static const char usage[] =
 	"Usage: cella-vmm --kernel PATH [options]\n"
 	"       cella-vmm --config FILE.json [options]\n"
-	"       cella-vmm --restore DIR [--console SPEC] [--snapshot-dir DIR2] [options]\n"
+	"       cella-vmm --restore DIR [--restore-disk ID=PATH]... [--restore-net ID=TAP]...\n"
+	"                 [--restore-vsock-uds PATH] [--console SPEC] [--snapshot-dir DIR2] [options]\n"
 	"       cella-vmm --api-sock PATH [options]\n"
 	"\n"
 	"Runs one KVM micro-VM until the guest powers off or reboots.\n"
@@ -68,6 +69,13 @@ static const char usage[] =
 	"                       (same size: the guest remembers it), TAPs attached (or created) by name,\n"
 	"                       the vsock socket created again; vsock connections do not survive (the\n"
 	"                       guest gets a transport reset), a frame in flight on a NIC may be lost\n"
+	"  --restore-disk ID=PATH  with --restore: open PATH instead of the saved path of disk ID (its\n"
+	"                       id, or vda, vdb.. by position); PATH must have the saved size\n"
+	"  --restore-net ID=TAP with --restore: attach interface ID (eth0, eth1.. or its saved TAP name)\n"
+	"                       to TAP instead\n"
+	"  --restore-vsock-uds PATH  with --restore: the vsock's host socket is PATH (and PATH_<port>)\n"
+	"                       instead of the saved one. These let clones of one snapshot run at once;\n"
+	"                       an ID the snapshot lacks is an error\n"
 	"  --api-sock PATH      control API (HTTP/1.1 + JSON, Firecracker's endpoints) on a unix socket\n"
 	"                       created mode 0600 and removed on exit; without --kernel the VM waits for\n"
 	"                       PUT /boot-source, /machine-config and PUT /actions InstanceStart\n"
@@ -97,6 +105,9 @@ enum {
 	OPT_API_SOCK,
 	OPT_ID,
 	OPT_NET,
+	OPT_RESTORE_DISK,
+	OPT_RESTORE_NET,
+	OPT_RESTORE_VSOCK_UDS,
 };
 
 static const struct option options[] = {
@@ -119,6 +130,9 @@ static const struct option options[] = {
 	{ "api-sock", required_argument, NULL, OPT_API_SOCK },
 	{ "id", required_argument, NULL, OPT_ID },
 	{ "net", required_argument, NULL, OPT_NET },
+	{ "restore-disk", required_argument, NULL, OPT_RESTORE_DISK },
+	{ "restore-net", required_argument, NULL, OPT_RESTORE_NET },
+	{ "restore-vsock-uds", required_argument, NULL, OPT_RESTORE_VSOCK_UDS },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -225,6 +239,19 @@ int main(int argc, char **argv)
 			break;
 		case OPT_API_SOCK: r = set_string(&flags.api_sock, optarg); break;
 		case OPT_ID: r = set_string(&flags.id, optarg); break;
+		case OPT_RESTORE_DISK:
+		case OPT_RESTORE_NET: {
+			bool disk = opt == OPT_RESTORE_DISK;
+			if (vmm_config_add_override(disk ? flags.restore_disks : flags.restore_nets,
+						    disk ? &flags.nrestore_disks : &flags.nrestore_nets,
+						    disk ? VMM_MAX_DISKS : VMM_MAX_NETS, optarg,
+						    disk ? "--restore-disk" : "--restore-net", &err) < 0) {
+				status = fail("%s", err.msg);
+				goto out;
+			}
+			break;
+		}
+		case OPT_RESTORE_VSOCK_UDS: r = set_string(&flags.restore_vsock_uds, optarg); break;
 		case OPT_NET:
 			if (vmm_config_add_net(&flags, optarg, &err) < 0) {
 				status = fail("%s", err.msg);
@@ -253,15 +280,30 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	if (!restore && (flags.nrestore_disks || flags.nrestore_nets || flags.restore_vsock_uds)) {
+		status = fail("--restore-disk, --restore-net and --restore-vsock-uds need --restore DIR");
+		goto out;
+	}
 	if (restore) {
 		/* The snapshot says what the machine is; only these may be given with it. */
 		if (config_path || flags.kernel || flags.initrd || flags.cmdline || flags.rng || flags.pit ||
 		    flags.vsock_uds || flags.ndisks || flags.nnets) {
 			status = fail("--restore: the machine comes from the snapshot; --config, --kernel, --initrd, "
 				      "--cmdline, --rng, --pit, --vsock, --disk and --net cannot be given with it "
-				      "(its disks, TAPs and vsock socket are the ones it was taken with)");
+				      "(its disks, TAPs and vsock socket are the ones it was taken with; "
+				      "--restore-disk, --restore-net and --restore-vsock-uds point them elsewhere)");
 			goto out;
 		}
+		/* the overrides move over (flags no longer owns them) */
+		memcpy(cfg.restore_disks, flags.restore_disks, sizeof(cfg.restore_disks));
+		memcpy(cfg.restore_nets, flags.restore_nets, sizeof(cfg.restore_nets));
+		cfg.nrestore_disks = flags.nrestore_disks;
+		cfg.nrestore_nets = flags.nrestore_nets;
+		cfg.restore_vsock_uds = flags.restore_vsock_uds;
+		memset(flags.restore_disks, 0, sizeof(flags.restore_disks));
+		memset(flags.restore_nets, 0, sizeof(flags.restore_nets));
+		flags.nrestore_disks = flags.nrestore_nets = 0;
+		flags.restore_vsock_uds = NULL;
 		cfg.restore_state = cella_path_join(restore, VMM_SNAPSHOT_STATE_FILE);
 		cfg.restore_memory = cella_path_join(restore, VMM_SNAPSHOT_MEMORY_FILE);
 		if (!cfg.restore_state || !cfg.restore_memory) {

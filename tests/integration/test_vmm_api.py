@@ -659,3 +659,56 @@ def test_socket_path_refusals(tmp_path, guests):
     assert p.returncode == 1 and "No such file" in p.stderr, p.stderr
     assert not sock.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["guests", "taken.sock"], "temporary socket left behind"
+
+
+def test_snapshot_load_overrides_run_two_clones_at_once(vmm, guests, tmp_path):
+    """PUT /snapshot/load with drive_overrides (a cella extension) and vsock_override (Firecracker's):
+    two clones of one snapshot run at once, each on its own disk copy and socket. Overrides naming
+    what the snapshot lacks are refused with 400 and leave the process ready for a good load."""
+    disk, uds = tmp_path / "disk.img", str(tmp_path / "v.sock")
+    disk.write_bytes(b"\0" * (1 << 20))
+    v = vmm()
+    v.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk), "is_root_device": True})
+    v.ok("PUT", "/vsock", {"guest_cid": 3, "uds_path": uds})
+    configure(v, guests["count.bin"])
+    v.ok("PUT", "/actions", {"action_type": "InstanceStart"})
+    v.wait_lines(3)
+    v.ok("PATCH", "/vm", {"state": "Paused"})
+    state, mem = str(tmp_path / "snap.state"), str(tmp_path / "snap.mem")
+    v.ok("PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": mem})
+    v.ok("PATCH", "/vm", {"state": "Resumed"})
+    v.stop(expect=128 + signal.SIGTERM)
+    assert not os.path.exists(uds)
+    os.unlink(disk)  # only the copies exist now
+
+    load = {"snapshot_path": state, "mem_file_path": mem, "resume_vm": True}
+    clones = []
+    for i in (1, 2):
+        copy, sock = tmp_path / f"disk{i}.img", str(tmp_path / f"v{i}.sock")
+        copy.write_bytes(b"\0" * (1 << 20))
+        w = vmm()
+        w.fault("PUT", "/snapshot/load", {**load, "drive_overrides": [{"drive_id": "data", "path_on_host": str(copy)}]},
+                400, 'disk override "data": the snapshot has no such disk (its disks: vda (id rootfs))')
+        w.fault("PUT", "/snapshot/load", {**load, "network_overrides": [{"iface_id": "eth0", "host_dev_name": "t0"}]},
+                400, 'network override "eth0": the snapshot has no such interface')
+        w.fault("PUT", "/snapshot/load", {**load, "drive_overrides": [{"drive_id": "rootfs",
+                "path_on_host": str(tmp_path / "nope.img")}]}, 400, "nope.img: No such file or directory")
+        w.fault("PUT", "/snapshot/load", {**load, "vsock_override": {"uds_path": sock, "guest_cid": 4}}, 400,
+                "guest_cid")
+        assert w.state() == "Not started" and not os.path.exists(sock)
+        w.ok("PUT", "/snapshot/load", {**load, "drive_overrides": [{"drive_id": "rootfs", "path_on_host": str(copy)}],
+                                       "vsock_override": {"uds_path": sock}})
+        clones.append((w, copy, sock))
+    for w, copy, sock in clones:
+        assert w.state() == "Running"
+        w.wait_lines(3)
+        cfg = w.ok("GET", "/")["config"]
+        assert cfg["drives"][0]["path_on_host"] == str(copy) and cfg["vsock"]["uds_path"] == sock, cfg
+        assert stat.S_ISSOCK(os.stat(sock).st_mode)
+    n = [len(w.lines()) for w, _, _ in clones]
+    for (w, _, _), k in zip(clones, n):
+        w.wait_lines(k + 3)  # both count on at the same time
+    for w, _, sock in clones:
+        w.stop(expect=128 + signal.SIGTERM)
+        assert not os.path.exists(sock)
+    assert not os.path.exists(uds)

@@ -8,6 +8,7 @@ original was printing when paused; from its second line on it counts on by one.
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 import time
@@ -296,3 +297,86 @@ def test_pit_only_when_asked_and_restored_the_same(good_snapshot, tmp_path):
     assert b"vm.pit2" in state and b'"pit":true' in state
     check_continues(restore(tmp_path, "clone", d), before, original)
     vmm_refuses(d, "--pit", match=r"--restore: the machine comes from the snapshot")
+
+
+def open_files(pid):
+    """The paths a process has open (its /proc/PID/fd links)."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def test_two_clones_at_once_with_overrides(tmp_path):
+    """--restore-disk / --restore-vsock-uds let two clones of one snapshot run side by side: each gets
+    its own copy of the disk and its own vsock socket (the saved ones are not touched; the saved disk
+    is even gone), both count on from the snapshot, and each removes its socket at exit."""
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"\1" * (1 << 20))
+    uds = tmp_path / "v.sock"
+    d, before, original = snapshot(tmp_path, extra=("--disk", f"{disk},id=root", "--vsock", f"cid=3,uds={uds}"))
+    copies = [tmp_path / "a.img", tmp_path / "b.img"]
+    for c in copies:
+        c.write_bytes(disk.read_bytes())
+    os.unlink(disk)  # a clone that opened the saved path would fail
+    socks = [tmp_path / "a.sock", tmp_path / "b.sock"]
+    entries = set(os.listdir(tmp_path))
+    # by id for one clone, by position for the other
+    clones = [Vmm(tmp_path, "clone-a", ["--restore", str(d), "--restore-disk", f"root={copies[0]}",
+                                        "--restore-vsock-uds", str(socks[0])]),
+              Vmm(tmp_path, "clone-b", ["--restore", str(d), "--restore-disk", f"vda={copies[1]}",
+                                        "--restore-vsock-uds", str(socks[1])])]
+    try:
+        for v in clones:
+            wait_for(lambda: len(v.lines()) > 10 or v.p.poll() is not None, what="clone output")
+            assert v.p.poll() is None, v.log()
+        # both run at once, each on its own disk copy and socket
+        for v, copy, sock in zip(clones, copies, socks):
+            assert stat.S_ISSOCK(os.stat(sock).st_mode), sock
+            files = open_files(v.p.pid)
+            assert str(copy) in files and str(disk) not in files, files
+        assert not uds.exists()
+        n = [len(v.lines()) for v in clones]
+        wait_for(lambda: all(len(v.lines()) > k + 5 for v, k in zip(clones, n)), what="both clones counting")
+    finally:
+        rcs = [v.stop() for v in clones]
+    assert rcs == [128 + signal.SIGTERM] * 2, rcs
+    for v in clones:
+        assert "VM restored from" in v.log(), v.log()
+        check_continues(v.lines(), before, original)
+    assert not any(s.exists() for s in socks) and not uds.exists()
+    left = set(os.listdir(tmp_path)) - entries - {"clone-a.out", "clone-a.err", "clone-b.out", "clone-b.err"}
+    assert not left, left
+    assert all(c.read_bytes() == b"\1" * (1 << 20) for c in copies)  # this guest never writes
+
+
+def test_bad_overrides_are_refused(tmp_path):
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"\0" * (1 << 20))
+    uds = tmp_path / "v.sock"
+    d, _, _ = snapshot(tmp_path, extra=("--disk", f"{disk},id=root", "--vsock", f"cid=3,uds={uds}"))
+    small = tmp_path / "small.img"
+    small.write_bytes(b"\0" * (1 << 19))
+    vmm_refuses(d, "--restore-disk", f"data={disk}",
+                match=r'disk override "data": the snapshot has no such disk \(its disks: vda \(id root\)\)')
+    vmm_refuses(d, "--restore-disk", f"vdb={disk}", match=r'disk override "vdb": the snapshot has no such disk')
+    vmm_refuses(d, "--restore-disk", f"root={small}",
+                match=rf"disk {re.escape(str(small))}: 1024 sectors of 512 bytes now, 2048 when the snapshot was taken")
+    vmm_refuses(d, "--restore-disk", f"root={tmp_path / 'nope.img'}",
+                match=rf"disk {re.escape(str(tmp_path / 'nope.img'))}: No such file or directory")
+    vmm_refuses(d, "--restore-net", "eth0=tapx",
+                match=r'network override "eth0": the snapshot has no such interface \(it has none\)')
+    vmm_refuses(d, "--restore-disk", "root", match=r'--restore-disk: expected ID=VALUE, got "root"')
+    vmm_refuses(d, "--restore-disk", f"root={disk}", "--restore-disk", f"root={small}",
+                match=r'--restore-disk: "root" is overridden twice')
+    vmm_refuses(d, "--restore-vsock-uds", str(tmp_path / ("x" * 120)), match=r"vsock: uds .*bytes, at most 95")
+    p = run([VMM, "--kernel", "/x", "--restore-disk", f"root={disk}"])
+    assert p.returncode == 1 and "need --restore DIR" in p.stderr, p.stderr
+    # a snapshot without a vsock takes no vsock override; nothing was left by any refusal
+    d2, _, _ = snapshot(tmp_path, name="plain")
+    vmm_refuses(d2, "--restore-vsock-uds", str(uds), match=r"vsock override .*: the snapshot has no vsock device")
+    assert not uds.exists()
+    assert disk.stat().st_size == 1 << 20

@@ -215,6 +215,54 @@ static void test_requests(void)
 	TAP_OK(api("PUT", "/snapshot/load", "{\"snapshot_path\":\"/s\",\"mem_file_path\":\"/m\",\"mem_backend\":"
 		   "{\"backend_type\":\"File\",\"backend_path\":\"/m\"}}", &a, &err) == 400, "both memory forms refused");
 
+	/* restore overrides: Firecracker's network_overrides / vsock_override, cella's drive_overrides */
+#define LOAD "{\"snapshot_path\":\"/s\",\"mem_file_path\":\"/m\","
+	TAP_OK(api("PUT", "/snapshot/load", LOAD "\"network_overrides\":[{\"iface_id\":\"eth0\",\"host_dev_name\":"
+		   "\"tap7\"},{\"iface_id\":\"eth1\",\"host_dev_name\":\"tap8\"}],\"vsock_override\":{\"uds_path\":"
+		   "\"/tmp/c2.sock\"},\"drive_overrides\":[{\"drive_id\":\"root\",\"path_on_host\":\"/d2.img\"}]}", &a,
+		   &err) == 0, "snapshot/load with overrides: %s", err.msg);
+	TAP_OK(a.snap.nnets == 2 && !strcmp(a.snap.nets[0].id, "eth0") && !strcmp(a.snap.nets[0].value, "tap7") &&
+		       !strcmp(a.snap.nets[1].id, "eth1") && !strcmp(a.snap.nets[1].value, "tap8"), "network_overrides");
+	TAP_OK(a.snap.ndrives == 1 && !strcmp(a.snap.drives[0].id, "root") && !strcmp(a.snap.drives[0].value, "/d2.img"),
+	       "drive_overrides");
+	TAP_OK(a.snap.vsock_uds && !strcmp(a.snap.vsock_uds, "/tmp/c2.sock"), "vsock_override");
+	api_action_free(&a);
+	TAP_OK(api("PUT", "/snapshot/load", LOAD "\"network_overrides\":[]}", &a, &err) == 0 && a.snap.nnets == 0 &&
+		       !a.snap.vsock_uds, "empty override list");
+	api_action_free(&a);
+	struct {
+		const char *body, *want;
+	} bad_ov[] = {
+		{ LOAD "\"network_overrides\":[{\"iface_id\":\"eth0\",\"host_dev_name\":\"t\",\"guest_mac\":\"x\"}]}",
+		  "guest_mac" },
+		{ LOAD "\"network_overrides\":[{\"iface_id\":\"eth0\"}]}", "host_dev_name" },
+		{ LOAD "\"network_overrides\":[{\"iface_id\":\"eth0\",\"host_dev_name\":\"\"}]}", "empty" },
+		{ LOAD "\"network_overrides\":{\"iface_id\":\"eth0\",\"host_dev_name\":\"t\"}}", "network_overrides" },
+		{ LOAD "\"network_overrides\":[\"eth0\"]}", "network_overrides[0]" },
+		{ LOAD "\"network_overrides\":[{\"iface_id\":\"e\",\"host_dev_name\":\"t\"},{\"iface_id\":\"e\","
+		       "\"host_dev_name\":\"u\"}]}", "twice" },
+		{ LOAD "\"vsock_override\":{\"uds_path\":\"/x\",\"guest_cid\":3}}", "guest_cid" },
+		{ LOAD "\"vsock_override\":{}}", "uds_path" },
+		{ LOAD "\"vsock_override\":\"/x\"}", "vsock_override" },
+		{ LOAD "\"drive_overrides\":[{\"drive_id\":\"d\",\"path_on_host\":\"/x\",\"is_read_only\":true}]}",
+		  "is_read_only" },
+		{ LOAD "\"drive_overrides\":[{\"path_on_host\":\"/x\"}]}", "drive_id" },
+		{ LOAD "\"disk_overrides\":[]}", "disk_overrides" },
+		{ LOAD "\"drive_overrides\":[{\"drive_id\":\"1\",\"path_on_host\":\"/x\"},{\"drive_id\":\"2\",\"path_on_host\":"
+		       "\"/x\"},{\"drive_id\":\"3\",\"path_on_host\":\"/x\"},{\"drive_id\":\"4\",\"path_on_host\":\"/x\"},"
+		       "{\"drive_id\":\"5\",\"path_on_host\":\"/x\"},{\"drive_id\":\"6\",\"path_on_host\":\"/x\"},"
+		       "{\"drive_id\":\"7\",\"path_on_host\":\"/x\"},{\"drive_id\":\"8\",\"path_on_host\":\"/x\"},"
+		       "{\"drive_id\":\"9\",\"path_on_host\":\"/x\"}]}", "at most" },
+	};
+#undef LOAD
+	for (size_t i = 0; i < sizeof(bad_ov) / sizeof(bad_ov[0]); i++) {
+		cella_err_clear(&err);
+		int st = api("PUT", "/snapshot/load", bad_ov[i].body, &a, &err);
+		TAP_OK(st == 400 && strstr(err.msg, bad_ov[i].want), "bad override %zu refused naming %s: %d %s", i,
+		       bad_ov[i].want, st, err.msg);
+		api_action_free(&a);
+	}
+
 	char *f = api_fault_json("say \"hi\"");
 	TAP_STREQ(f, "{\"fault_message\":\"say \\\"hi\\\"\"}", "fault JSON escapes");
 	free(f);

@@ -57,6 +57,12 @@ struct api_rate_limiter {
 };
 
 #define API_ID_MAX 64
+#define API_MAX_OVERRIDES 8
+
+/* One snapshot-load override: the device's id and its new host-side backend. */
+struct api_override {
+	char *id, *value;
+};
 
 /* Strings are malloc'd (api_action_free); absent optional strings are NULL. */
 struct api_action {
@@ -85,6 +91,11 @@ struct api_action {
 	struct {
 		char *state_path, *mem_path;
 		bool resume;
+		/* drive_overrides (drive_id, path_on_host: a cella extension), network_overrides
+		 * (iface_id, host_dev_name) and vsock_override.uds_path */
+		struct api_override drives[API_MAX_OVERRIDES], nets[API_MAX_OVERRIDES];
+		unsigned ndrives, nnets;
+		char *vsock_uds;
 	} snap;
 };
 

@@ -54,6 +54,15 @@ void api_action_free(struct api_action *a)
 	free(a->vsock.uds_path);
 	free(a->snap.state_path);
 	free(a->snap.mem_path);
+	for (unsigned i = 0; i < a->snap.ndrives; i++) {
+		free(a->snap.drives[i].id);
+		free(a->snap.drives[i].value);
+	}
+	for (unsigned i = 0; i < a->snap.nnets; i++) {
+		free(a->snap.nets[i].id);
+		free(a->snap.nets[i].value);
+	}
+	free(a->snap.vsock_uds);
 	memset(a, 0, sizeof(*a));
 }
 
@@ -209,6 +218,37 @@ static bool valid_mac(const char *s)
 	return true;
 }
 
+/* A snapshot-load override list: [{id_key: ..., value_key: ...}, ...], each id once. */
+static int parse_overrides(const json_t *j, const char *key, const char *id_key, const char *value_key,
+			   struct api_override *out, unsigned *n, struct cella_err *err)
+{
+	char w[64];
+	snprintf(w, sizeof(w), "snapshot-load.%s", key);
+	json_t *list;
+	int r = cj_get_array(j, "snapshot-load", key, false, &list, err);
+	if (r <= 0)
+		return r;
+	if (json_array_size(list) > API_MAX_OVERRIDES)
+		return cella_err_set(err, E2BIG, "%s: %zu entries, at most %d", w, json_array_size(list), API_MAX_OVERRIDES);
+	const char *const known[] = { id_key, value_key, NULL };
+	size_t i;
+	json_t *o;
+	json_array_foreach(list, i, o) {
+		char wi[80];
+		snprintf(wi, sizeof(wi), "%s[%zu]", w, i);
+		struct api_override *ov = &out[*n];
+		(*n)++; /* its strings are the action's from here (api_action_free) */
+		if ((r = cj_expect_object(o, wi, err)) < 0 || (r = cj_reject_unknown(o, wi, known, err)) < 0 ||
+		    (r = dup_string(o, wi, id_key, true, &ov->id, err)) < 0 ||
+		    (r = dup_string(o, wi, value_key, true, &ov->value, err)) < 0)
+			return r;
+		for (unsigned k = 0; k + 1 < *n; k++)
+			if (!strcmp(out[k].id, ov->id))
+				return cella_err_set(err, EINVAL, "%s: %s \"%s\" is overridden twice", w, id_key, ov->id);
+	}
+	return 0;
+}
+
 static int parse_body(const json_t *j, struct api_action *a, struct cella_err *err)
 {
 	int r;
@@ -334,7 +374,9 @@ static int parse_body(const json_t *j, struct api_action *a, struct cella_err *e
 	}
 	case API_SNAPSHOT_LOAD: {
 		static const char *const known[] = { "snapshot_path", "mem_file_path", "mem_backend", "resume_vm",
-						     "enable_diff_snapshots", NULL };
+						     "enable_diff_snapshots", "network_overrides", "vsock_override",
+						     "drive_overrides", NULL };
+		static const char *const known_vsock[] = { "uds_path", NULL };
 		static const char *const known_backend[] = { "backend_type", "backend_path", NULL };
 		const char *w = "snapshot-load";
 		json_t *backend;
@@ -362,6 +404,21 @@ static int parse_body(const json_t *j, struct api_action *a, struct cella_err *e
 		}
 		if (!a->snap.mem_path)
 			return cella_err_set(err, EINVAL, "%s: mem_backend (or mem_file_path) required", w);
+		json_t *vsock;
+		if ((r = parse_overrides(j, "drive_overrides", "drive_id", "path_on_host", a->snap.drives,
+					 &a->snap.ndrives, err)) < 0 ||
+		    (r = parse_overrides(j, "network_overrides", "iface_id", "host_dev_name", a->snap.nets,
+					 &a->snap.nnets, err)) < 0 ||
+		    (r = cj_get_object(j, w, "vsock_override", false, &vsock, err)) < 0)
+			return r;
+		if (r > 0) {
+			const char *vw = "snapshot-load.vsock_override";
+			if ((r = cj_reject_unknown(vsock, vw, known_vsock, err)) < 0 ||
+			    (r = dup_string(vsock, vw, "uds_path", true, &a->snap.vsock_uds, err)) < 0)
+				return r;
+			if (!*a->snap.vsock_uds)
+				return cella_err_set(err, EINVAL, "%s.uds_path: must not be empty", vw);
+		}
 		return 0;
 	}
 	default:
