@@ -52,11 +52,11 @@ def numbers(path):
 class Vmm:
     """A cella-vmm in the background, stdout and stderr in files."""
 
-    def __init__(self, tmp_path, name, args):
+    def __init__(self, tmp_path, name, args, prefix=()):
         self.out = tmp_path / f"{name}.out"
         self.err = tmp_path / f"{name}.err"
         with open(self.out, "w") as o, open(self.err, "w") as e:
-            self.p = subprocess.Popen([VMM, *args], stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+            self.p = subprocess.Popen([*prefix, VMM, *args], stdin=subprocess.DEVNULL, stdout=o, stderr=e)
 
     def lines(self):
         return self.out.read_text().split("\n")
@@ -72,13 +72,14 @@ class Vmm:
         return rc
 
 
-def snapshot(tmp_path, name="snap", extra=()):
+def snapshot(tmp_path, name="snap", extra=(), prefix=()):
     """Runs the counting guest, snapshots it after 20 lines, lets it run on, stops it.
     Returns (snapshot dir, count printed before the snapshot, the original's lines)."""
     d = tmp_path / name
     guest = tmp_path / "count.bin"
     guest.write_bytes(COUNT)
-    v = Vmm(tmp_path, name + "-orig", ["--kernel", str(guest), "--memory", "1", "--snapshot-dir", str(d), *extra])
+    v = Vmm(tmp_path, name + "-orig", ["--kernel", str(guest), "--memory", "1", "--snapshot-dir", str(d), *extra],
+            prefix=prefix)
     try:
         wait_for(lambda: len(v.lines()) > 20, what="20 lines from the counting guest")
         before = len(v.lines()) - 1
@@ -380,3 +381,48 @@ def test_bad_overrides_are_refused(tmp_path):
     vmm_refuses(d2, "--restore-vsock-uds", str(uds), match=r"vsock override .*: the snapshot has no vsock device")
     assert not uds.exists()
     assert disk.stat().st_size == 1 << 20
+
+
+def test_two_clones_at_once_with_net_overrides(tmp_path):
+    """--restore-net gives each clone its own TAP (by iface id or by the saved TAP's name); all in a
+    private network namespace, so the TAPs the VMMs create are nobody else's."""
+    if not os.path.exists("/dev/net/tun") or os.geteuid() != 0:
+        pytest.skip("needs root and /dev/net/tun")
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "120"])
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+                 what="the network namespace")
+        ns = ("nsenter", "-t", str(holder.pid), "-n", "--")
+
+        def links():
+            return subprocess.run([*ns, "ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+
+        def names():
+            return [l.split(":")[1].strip() for l in links().splitlines()]
+
+        d, before, original = snapshot(tmp_path, extra=("--net", "tap=tsnap0"), prefix=ns)
+        assert "tsnap0" not in links()
+        clones = [Vmm(tmp_path, "clone-a", ["--restore", str(d), "--restore-net", "eth0=tclone1"], prefix=ns),
+                  Vmm(tmp_path, "clone-b", ["--restore", str(d), "--restore-net", "tsnap0=tclone2"], prefix=ns)]
+        try:
+            for v in clones:
+                wait_for(lambda: len(v.lines()) > 10 or v.p.poll() is not None, what="clone output")
+                assert v.p.poll() is None, v.log()
+            now = links()
+            assert "tclone1" in now and "tclone2" in now and "tsnap0" not in now, now
+        finally:
+            rcs = [v.stop() for v in clones]
+        assert rcs == [128 + signal.SIGTERM] * 2, rcs
+        for v in clones:
+            check_continues(v.lines(), before, original)
+        assert "tclone" not in links()
+        refuse = [*ns, VMM, "--restore", str(d)]
+        p = run([*refuse, "--restore-net", "eth1=tx"])
+        assert p.returncode == 1 and re.search(r'network override "eth1": the snapshot has no such interface '
+                                               r'\(its interfaces: eth0 \(tap tsnap0\)\)', p.stderr), p.stderr
+        p = run([*refuse, "--restore-net", "eth0=bad/name"])
+        assert p.returncode == 1 and 'tap "bad/name" is not a valid interface name' in p.stderr, p.stderr
+        assert names() == ["lo"] and p.stdout == ""  # nothing left by the clones or the refusals
+    finally:
+        holder.kill()
+        holder.wait()
