@@ -362,7 +362,7 @@ static int net_ratelimit_set(struct ratelimit_cfg *rl, const char *key, uint64_t
 	return vmm_ratelimit_set(rl, key, value);
 }
 
-int vmm_tap_name_check(const char *tap, const char *where, struct cella_err *err)
+static int tap_name_check(const char *tap, const char *where, struct cella_err *err)
 {
 	if (!*tap || strlen(tap) >= 16 || strpbrk(tap, "/: \t\n") || !strcmp(tap, ".") || !strcmp(tap, ".."))
 		return cella_err_set(err, EINVAL, "%s: tap \"%s\" is not a valid interface name (1..15 bytes, no '/', ':' "
@@ -374,7 +374,7 @@ static int check_net(struct vmm_net *n, const char *where, struct cella_err *err
 {
 	if (!n->tap || !*n->tap)
 		return cella_err_set(err, EINVAL, "%s: a network device needs tap=NAME", where);
-	if (vmm_tap_name_check(n->tap, where, err) < 0)
+	if (tap_name_check(n->tap, where, err) < 0)
 		return -EINVAL;
 	if (!(n->mac[0] | n->mac[1] | n->mac[2] | n->mac[3] | n->mac[4] | n->mac[5]))
 		virtio_net_random_mac(n->mac);
@@ -713,4 +713,72 @@ const char *vmm_outcome_name(enum vmm_outcome outcome)
 	case VMM_SIGNALED: return "signaled";
 	}
 	return "unknown";
+}
+
+/* Restore overrides (see vmm.h): several clones of one snapshot at once need their own disk copies,
+ * TAPs and vsock sockets. */
+int vmm_config_apply_overrides(struct vmm_config *saved, const struct vmm_config *given, struct cella_err *err)
+{
+	for (unsigned k = 0; k < given->nrestore_disks; k++) {
+		const struct vmm_override *o = &given->restore_disks[k];
+		int found = -1;
+		for (unsigned i = 0; i < saved->ndisks && found < 0; i++) {
+			char pos[8];
+			snprintf(pos, sizeof(pos), "vd%c", 'a' + i);
+			if ((saved->disks[i].id && !strcmp(saved->disks[i].id, o->id)) || !strcmp(pos, o->id))
+				found = (int)i;
+		}
+		if (found < 0) {
+			char names[256] = "";
+			for (unsigned i = 0; i < saved->ndisks; i++)
+				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%svd%c%s%s%s",
+					 i ? ", " : "", 'a' + i, saved->disks[i].id ? " (id " : "",
+					 saved->disks[i].id ? saved->disks[i].id : "", saved->disks[i].id ? ")" : "");
+			return cella_err_set(err, ENOENT, "disk override \"%s\": the snapshot has no such disk (%s%s)",
+					     o->id, saved->ndisks ? "its disks: " : "it has none", names);
+		}
+		if (!*o->value)
+			return cella_err_set(err, EINVAL, "disk override \"%s\": empty path", o->id);
+		if (replace(&saved->disks[found].path, o->value, err) < 0)
+			return -ENOMEM;
+	}
+	for (unsigned k = 0; k < given->nrestore_nets; k++) {
+		const struct vmm_override *o = &given->restore_nets[k];
+		int found = -1;
+		for (unsigned i = 0; i < saved->nnets && found < 0; i++) {
+			char pos[16];
+			snprintf(pos, sizeof(pos), "eth%u", i);
+			if (!strcmp(pos, o->id) || !strcmp(saved->nets[i].tap, o->id))
+				found = (int)i;
+		}
+		if (found < 0) {
+			char names[256] = "";
+			for (unsigned i = 0; i < saved->nnets; i++)
+				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%seth%u (tap %s)",
+					 i ? ", " : "", i, saved->nets[i].tap);
+			return cella_err_set(err, ENOENT, "network override \"%s\": the snapshot has no such interface "
+					     "(%s%s)", o->id, saved->nnets ? "its interfaces: " : "it has none", names);
+		}
+		char where[64];
+		snprintf(where, sizeof(where), "network override \"%s\"", o->id);
+		if (tap_name_check(o->value, where, err) < 0 ||
+		    replace(&saved->nets[found].tap, o->value, err) < 0)
+			return -EINVAL;
+	}
+	/* two overrides may not end on one TAP (the clone's two NICs would share it) */
+	for (unsigned i = 0; i < saved->nnets; i++)
+		for (unsigned j = i + 1; j < saved->nnets; j++)
+			if (!strcmp(saved->nets[i].tap, saved->nets[j].tap))
+				return cella_err_set(err, EINVAL, "network overrides: eth%u and eth%u would both use TAP %s",
+						     i, j, saved->nets[i].tap);
+	if (given->restore_vsock_uds) {
+		if (!saved->vsock_cid)
+			return cella_err_set(err, ENOENT, "vsock override %s: the snapshot has no vsock device",
+					     given->restore_vsock_uds);
+		if (!*given->restore_vsock_uds)
+			return cella_err_set(err, EINVAL, "vsock override: empty path");
+		if (replace(&saved->vsock_uds, given->restore_vsock_uds, err) < 0)
+			return -ENOMEM;
+	}
+	return 0;
 }

@@ -298,86 +298,6 @@ static void snapshot_to_dir(struct vm *vm, const char *dir)
 		 st.state_bytes, st.memory_bytes >> 20, st.written_bytes >> 10);
 }
 
-/* Replaces *slot with a copy of value. */
-static int replace_string(char **slot, const char *value, struct cella_err *err)
-{
-	char *copy = strdup(value);
-	if (!copy)
-		return cella_err_set(err, ENOMEM, "out of memory");
-	free(*slot);
-	*slot = copy;
-	return 0;
-}
-
-/* Points the snapshot's disks, TAPs and vsock socket where given's restore overrides say, so that
- * several clones of one snapshot can run at once. A disk is named by its id or "vd<letter>", an
- * interface by "eth<i>" or its saved TAP; a name the snapshot lacks is an error listing its names. */
-static int restore_overrides(struct vmm_config *saved, const struct vmm_config *given, struct cella_err *err)
-{
-	for (unsigned k = 0; k < given->nrestore_disks; k++) {
-		const struct vmm_override *o = &given->restore_disks[k];
-		int found = -1;
-		for (unsigned i = 0; i < saved->ndisks && found < 0; i++) {
-			char pos[8];
-			snprintf(pos, sizeof(pos), "vd%c", 'a' + i);
-			if ((saved->disks[i].id && !strcmp(saved->disks[i].id, o->id)) || !strcmp(pos, o->id))
-				found = (int)i;
-		}
-		if (found < 0) {
-			char names[256] = "";
-			for (unsigned i = 0; i < saved->ndisks; i++)
-				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%svd%c%s%s%s",
-					 i ? ", " : "", 'a' + i, saved->disks[i].id ? " (id " : "",
-					 saved->disks[i].id ? saved->disks[i].id : "", saved->disks[i].id ? ")" : "");
-			return cella_err_set(err, ENOENT, "disk override \"%s\": the snapshot has no such disk (%s%s)",
-					     o->id, saved->ndisks ? "its disks: " : "it has none", names);
-		}
-		if (!*o->value)
-			return cella_err_set(err, EINVAL, "disk override \"%s\": empty path", o->id);
-		if (replace_string(&saved->disks[found].path, o->value, err) < 0)
-			return -ENOMEM;
-	}
-	for (unsigned k = 0; k < given->nrestore_nets; k++) {
-		const struct vmm_override *o = &given->restore_nets[k];
-		int found = -1;
-		for (unsigned i = 0; i < saved->nnets && found < 0; i++) {
-			char pos[16];
-			snprintf(pos, sizeof(pos), "eth%u", i);
-			if (!strcmp(pos, o->id) || !strcmp(saved->nets[i].tap, o->id))
-				found = (int)i;
-		}
-		if (found < 0) {
-			char names[256] = "";
-			for (unsigned i = 0; i < saved->nnets; i++)
-				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%seth%u (tap %s)",
-					 i ? ", " : "", i, saved->nets[i].tap);
-			return cella_err_set(err, ENOENT, "network override \"%s\": the snapshot has no such interface "
-					     "(%s%s)", o->id, saved->nnets ? "its interfaces: " : "it has none", names);
-		}
-		char where[64];
-		snprintf(where, sizeof(where), "network override \"%s\"", o->id);
-		if (vmm_tap_name_check(o->value, where, err) < 0 ||
-		    replace_string(&saved->nets[found].tap, o->value, err) < 0)
-			return -EINVAL;
-	}
-	/* two overrides may not end on one TAP (the clone's two NICs would share it) */
-	for (unsigned i = 0; i < saved->nnets; i++)
-		for (unsigned j = i + 1; j < saved->nnets; j++)
-			if (!strcmp(saved->nets[i].tap, saved->nets[j].tap))
-				return cella_err_set(err, EINVAL, "network overrides: eth%u and eth%u would both use TAP %s",
-						     i, j, saved->nets[i].tap);
-	if (given->restore_vsock_uds) {
-		if (!saved->vsock_cid)
-			return cella_err_set(err, ENOENT, "vsock override %s: the snapshot has no vsock device",
-					     given->restore_vsock_uds);
-		if (!*given->restore_vsock_uds)
-			return cella_err_set(err, EINVAL, "vsock override: empty path");
-		if (replace_string(&saved->vsock_uds, given->restore_vsock_uds, err) < 0)
-			return -ENOMEM;
-	}
-	return 0;
-}
-
 /* The machine a restore rebuilds is the snapshot's: what the caller gave may only say where the
  * console goes, which KVM device to use, where the next snapshots go, and whether to start paused.
  * A vCPU count or memory size given (non-zero) must match the snapshot's. */
@@ -399,7 +319,7 @@ static int restore_config(struct vmm_config *saved, const struct vmm_config *giv
 		if (copy[i] && !*slot[i])
 			return cella_err_set(err, ENOMEM, "out of memory");
 	}
-	int r = restore_overrides(saved, given, err);
+	int r = vmm_config_apply_overrides(saved, given, err);
 	if (r < 0)
 		return r;
 	saved->console = given->console;

@@ -143,8 +143,10 @@ int vmm_config_add_net(struct vmm_config *cfg, const char *spec, struct cella_er
  * errors) and appends it to list (*n entries, at most max; an id given twice is an error). */
 int vmm_config_add_override(struct vmm_override *list, unsigned *n, unsigned max, const char *spec,
 			    const char *what, struct cella_err *err);
-/* A TAP name the kernel takes (1..15 bytes, no '/', ':' or spaces); where names it in the error. */
-int vmm_tap_name_check(const char *tap, const char *where, struct cella_err *err);
+/* Restore: points the snapshot's config (saved) at given's restore overrides' disks, TAPs and vsock
+ * socket. A disk is named by its id or "vd<letter>", an interface by "eth<i>" or its saved TAP; a
+ * name the snapshot lacks is an error listing the snapshot's names. */
+int vmm_config_apply_overrides(struct vmm_config *saved, const struct vmm_config *given, struct cella_err *err);
 /* Frees cfg's restore overrides (the rest of cfg stays). */
 void vmm_config_clear_overrides(struct vmm_config *cfg);
 
