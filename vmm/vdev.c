@@ -192,6 +192,12 @@ int vm_virtio_start(struct vm *vm, struct cella_err *err)
 
 void vm_virtio_free(struct vm *vm)
 {
+	/* A VM stopped while paused still holds its I/O threads' locks (vm_pause): let them go, or the
+	 * threads never see the stop and the joins below wait forever. */
+	if (vm->devices_paused) {
+		vm_virtio_quiesce(vm, false);
+		vm->devices_paused = false;
+	}
 	/* threads first: no callback may run while its device goes away */
 	iothread_stop(vm->io);
 	for (unsigned i = 0; i < vm->nvirtio; i++)
