@@ -661,10 +661,10 @@ def test_socket_path_refusals(tmp_path, guests):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["guests", "taken.sock"], "temporary socket left behind"
 
 
-def test_snapshot_load_overrides_run_two_clones_at_once(vmm, guests, tmp_path):
-    """PUT /snapshot/load with drive_overrides (a cella extension) and vsock_override (Firecracker's):
-    two clones of one snapshot run at once, each on its own disk copy and socket. Overrides naming
-    what the snapshot lacks are refused with 400 and leave the process ready for a good load."""
+def snapshot_with_devices(vmm, guests, tmp_path):
+    """Runs the counter with a disk and a vsock, pauses it, snapshots it and stops it while paused
+    (the paused devices' I/O threads must let go: this once hung in their join).
+    Returns (disk, vsock socket path, load body)."""
     disk, uds = tmp_path / "disk.img", str(tmp_path / "v.sock")
     disk.write_bytes(b"\0" * (1 << 20))
     v = vmm()
@@ -676,13 +676,20 @@ def test_snapshot_load_overrides_run_two_clones_at_once(vmm, guests, tmp_path):
     v.ok("PATCH", "/vm", {"state": "Paused"})
     state, mem = str(tmp_path / "snap.state"), str(tmp_path / "snap.mem")
     v.ok("PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": mem})
-    # stopped while paused: the paused devices' I/O threads must let go (this once hung in the join)
     t0 = time.monotonic()
     v.stop(expect=128 + signal.SIGTERM)
     assert time.monotonic() - t0 < 10 and not os.path.exists(uds)
+    return disk, uds, {"snapshot_path": state, "mem_file_path": mem}
+
+
+def test_snapshot_load_overrides_run_two_clones_at_once(vmm, guests, tmp_path):
+    """PUT /snapshot/load with drive_overrides (a cella extension) and vsock_override (Firecracker's):
+    two clones of one snapshot run at once, each on its own disk copy and socket. Overrides naming
+    what the snapshot lacks are refused with 400 and leave the process ready for a good load."""
+    disk, uds, load = snapshot_with_devices(vmm, guests, tmp_path)
     os.unlink(disk)  # only the copies exist now
 
-    load = {"snapshot_path": state, "mem_file_path": mem, "resume_vm": True}
+    load["resume_vm"] = True
     clones = []
     for i in (1, 2):
         copy, sock = tmp_path / f"disk{i}.img", str(tmp_path / f"v{i}.sock")
@@ -716,24 +723,11 @@ def test_snapshot_load_overrides_run_two_clones_at_once(vmm, guests, tmp_path):
 
 
 def test_paused_vm_with_devices_stops_on_sigterm(vmm, guests, tmp_path):
-    """A VM paused by the API (or loaded paused) holds its devices' I/O threads; SIGTERM still ends it
-    at once, and a fresh load with a disk that is stopped before it ever ran does too."""
-    disk, uds = tmp_path / "disk.img", str(tmp_path / "v.sock")
-    disk.write_bytes(b"\0" * (1 << 20))
-    v = vmm()
-    v.ok("PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(disk), "is_root_device": True})
-    v.ok("PUT", "/vsock", {"guest_cid": 3, "uds_path": uds})
-    configure(v, guests["count.bin"])
-    v.ok("PUT", "/actions", {"action_type": "InstanceStart"})
-    v.wait_lines(2)
-    v.ok("PATCH", "/vm", {"state": "Paused"})
-    state, mem = str(tmp_path / "s.state"), str(tmp_path / "s.mem")
-    v.ok("PUT", "/snapshot/create", {"snapshot_path": state, "mem_file_path": mem})
-    t0 = time.monotonic()
-    v.stop(expect=128 + signal.SIGTERM)
-    assert time.monotonic() - t0 < 10 and not os.path.exists(uds)
+    """A VM paused by the API (snapshot_with_devices) or loaded paused holds its devices' I/O
+    threads; SIGTERM still ends it at once."""
+    disk, uds, load = snapshot_with_devices(vmm, guests, tmp_path)
     w = vmm()
-    w.ok("PUT", "/snapshot/load", {"snapshot_path": state, "mem_file_path": mem})
+    w.ok("PUT", "/snapshot/load", load)
     assert w.state() == "Paused" and stat.S_ISSOCK(os.stat(uds).st_mode)
     t0 = time.monotonic()
     w.stop(expect=128 + signal.SIGTERM)
