@@ -22,21 +22,23 @@ MACHINE = "--kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --memory 256 --
 BATCH = f"""
 {sandbox.SH_HELPERS}{sandbox.SH_CLONES}
 sec original
+# the VMM's log apart from the console: a log line written while the guest is mid-line would
+# glue the guest's digits to the timestamp's ("count=52026-11-23T...")
 mkfifo /tmp/in0
-{VMM} {MACHINE} --cmdline '{CMDLINE}' --snapshot-dir /tmp/snap </tmp/in0 >/tmp/out0 2>&1 &
+{VMM} {MACHINE} --cmdline '{CMDLINE}' --snapshot-dir /tmp/snap </tmp/in0 >/tmp/out0 2>/tmp/log0 &
 vmm=$!
 exec 3>/tmp/in0
 wait_for /tmp/out0 CELLA-INIT-READY 3000
 printf 'i=0; while true; do i=$((i+1)); echo count=$i; sleep 0.5; done &\\n' >&3
 wait_for /tmp/out0 count=4 1200
 kill -USR2 $vmm
-wait_for /tmp/out0 'snapshot written' 1200
+wait_for /tmp/log0 'snapshot written' 1200
 at=$(grep -o 'count=[0-9]*' /tmp/out0 | tail -1)
 wait_for /tmp/out0 "count=$(( ${{at#count=}} + 2 ))" 600
 kill -TERM $vmm; wait $vmm; echo orig-rc=$?
 exec 3>&-
 echo "at-snapshot=$at"
-cat /tmp/out0
+cat /tmp/out0 /tmp/log0
 ls -ls /tmp/snap
 
 for c in a b; do
