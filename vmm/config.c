@@ -761,9 +761,9 @@ int vmm_config_apply_overrides(struct vmm_config *saved, const struct vmm_config
 		}
 		char where[64];
 		snprintf(where, sizeof(where), "network override \"%s\"", o->id);
-		if (tap_name_check(o->value, where, err) < 0 ||
-		    replace(&saved->nets[found].tap, o->value, err) < 0)
-			return -EINVAL;
+		int r;
+		if ((r = tap_name_check(o->value, where, err)) < 0 || (r = replace(&saved->nets[found].tap, o->value, err)) < 0)
+			return r;
 	}
 	/* two overrides may not end on one TAP (the clone's two NICs would share it) */
 	for (unsigned i = 0; i < saved->nnets; i++)

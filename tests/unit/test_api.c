@@ -243,6 +243,7 @@ static void test_requests(void)
 		       "\"host_dev_name\":\"u\"}]}", "twice" },
 		{ LOAD "\"vsock_override\":{\"uds_path\":\"/x\",\"guest_cid\":3}}", "guest_cid" },
 		{ LOAD "\"vsock_override\":{}}", "uds_path" },
+		{ LOAD "\"vsock_override\":{\"uds_path\":\"\"}}", "vsock_override.uds_path: must not be empty" },
 		{ LOAD "\"vsock_override\":\"/x\"}", "vsock_override" },
 		{ LOAD "\"drive_overrides\":[{\"drive_id\":\"d\",\"path_on_host\":\"/x\",\"is_read_only\":true}]}",
 		  "is_read_only" },

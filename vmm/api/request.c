@@ -416,8 +416,6 @@ static int parse_body(const json_t *j, struct api_action *a, struct cella_err *e
 			if ((r = cj_reject_unknown(vsock, vw, known_vsock, err)) < 0 ||
 			    (r = dup_string(vsock, vw, "uds_path", true, &a->snap.vsock_uds, err)) < 0)
 				return r;
-			if (!*a->snap.vsock_uds)
-				return cella_err_set(err, EINVAL, "%s.uds_path: must not be empty", vw);
 		}
 		return 0;
 	}
