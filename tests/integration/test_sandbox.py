@@ -50,7 +50,8 @@ mkfifo /tmp/in
 qemu=$!
 exec 3>/tmp/in
 i=0
-while ! grep -q CELLA-INIT-READY /tmp/out && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+# wait for the shell's banner: typed too early, the echo lands inside the init's marker line
+while ! grep -q 'built-in shell' /tmp/out && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
 printf 'echo typed-$((6*7))\\nexit 4\\n' >&3
 wait $qemu
 echo qemu-status=$?
