@@ -61,20 +61,32 @@ const char *cg_label(const struct cg_dir *d, char *buf, size_t cap)
 	return buf;
 }
 
-int cg_write(const struct cg_dir *d, const char *file, const char *value, struct cella_err *err)
+int cg_write_keep(const struct cg_dir *d, int *fd, const char *file, const char *value, struct cella_err *err)
 {
 	char label[128];
-	_cleanup_free_ char *path = cella_path_join(d->path, file);
-	if (!path)
-		return cella_err_set(err, ENOMEM, "out of memory");
-	_cleanup_close_ int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | (d->fake ? O_APPEND : O_TRUNC));
-	int r = fd < 0 ? -errno : cella_write_all(fd, value, strlen(value));
+	int r = 0;
+	if (*fd < 0) {
+		_cleanup_free_ char *path = cella_path_join(d->path, file);
+		if (!path)
+			return cella_err_set(err, ENOMEM, "out of memory");
+		*fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY | (d->fake ? O_APPEND : O_TRUNC));
+		if (*fd < 0)
+			r = -errno;
+	}
+	if (r == 0)
+		r = cella_write_all(*fd, value, strlen(value));
 	if (r == 0 && d->fake)
-		r = cella_write_all(fd, "\n", 1);
+		r = cella_write_all(*fd, "\n", 1);
 	if (r < 0)
 		return cella_err_sys(err, -r, "%s: write %s=%s in %s", cg_label(d, label, sizeof(label)),
 				     file, value, d->path);
 	return 0;
+}
+
+int cg_write(const struct cg_dir *d, const char *file, const char *value, struct cella_err *err)
+{
+	_cleanup_close_ int fd = -1;
+	return cg_write_keep(d, &fd, file, value, err);
 }
 
 int cg_writef(const struct cg_dir *d, const char *file, struct cella_err *err, const char *fmt, ...)
@@ -785,6 +797,9 @@ static int remove_tree(const char *dir, bool fake, int depth, struct cella_err *
 {
 	if (depth > 64)
 		return cella_err_set(err, ELOOP, "cgroup: %s: nested too deeply", dir);
+	/* Usually the container made no sub-cgroups and its processes are gone: one rmdir. */
+	if (!fake && (rmdir(dir) == 0 || errno == ENOENT))
+		return 0;
 	DIR *dp = opendir(dir);
 	if (!dp) {
 		if (errno == ENOENT)
@@ -877,6 +892,74 @@ int cgroup_enter(struct cgroup_instance *inst, pid_t pid, struct cella_err *err)
 			return r;
 	}
 	return 0;
+}
+
+int cgroup_enter_v2(struct cgroup_instance *inst, pid_t pid, struct cella_err *err)
+{
+	struct cg_dir *d = cg_v2_dir(inst);
+	return d ? cg_writef(d, "cgroup.procs", err, "%d", (int)pid) : 0;
+}
+
+void cgroup_join_close(struct cgroup_join *j)
+{
+	for (size_t i = 0; i < j->n; i++)
+		if (j->fds[i] >= 0)
+			close(j->fds[i]);
+	free(j->fds);
+	j->fds = NULL;
+	j->n = 0;
+	if (j->v2_fd >= 0)
+		close(j->v2_fd);
+	j->v2_fd = -1;
+}
+
+int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, struct cella_err *err)
+{
+	*j = (struct cgroup_join)CGROUP_JOIN_INIT;
+	if (!inst || inst->fake || inst->n == 0)
+		return 0;
+	j->inst = inst;
+	j->fds = malloc(inst->n * sizeof(*j->fds));
+	if (!j->fds)
+		return cella_err_set(err, ENOMEM, "out of memory");
+	j->n = inst->n;
+	for (size_t i = 0; i < inst->n; i++)
+		j->fds[i] = -1;
+	for (size_t i = 0; i < inst->n; i++) {
+		const struct cg_dir *d = &inst->d[i];
+		_cleanup_free_ char *tasks = d->v2 ? strdup(d->path) : cella_path_join(d->path, "tasks");
+		if (!tasks) {
+			cgroup_join_close(j);
+			return cella_err_set(err, ENOMEM, "out of memory");
+		}
+		int fd = d->v2 ? open(tasks, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(tasks, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+		if (fd < 0) {
+			int e = errno;
+			char label[128];
+			cgroup_join_close(j);
+			return cella_err_sys(err, e, "%s: open %s", cg_label(d, label, sizeof(label)), tasks);
+		}
+		*(d->v2 ? &j->v2_fd : &j->fds[i]) = fd;
+	}
+	return 1;
+}
+
+int cgroup_join_self(struct cgroup_join *j, struct cella_err *err)
+{
+	int r = 0;
+	for (size_t i = 0; i < j->n; i++) {
+		if (j->fds[i] < 0)
+			continue;
+		if (r == 0 && write(j->fds[i], "0", 1) != 1) {
+			char label[128];
+			const struct cg_dir *d = &j->inst->d[i];
+			r = cella_err_sys(err, errno, "%s: move the container's init into %s",
+					  cg_label(d, label, sizeof(label)), d->path);
+		}
+		close(j->fds[i]);
+		j->fds[i] = -1;
+	}
+	return r;
 }
 
 static int need_controller(struct cgroup_instance *inst, const char *ctrl, const char *what, struct cg_dir **out,

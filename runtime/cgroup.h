@@ -81,6 +81,30 @@ int cgroup_create(struct cgroup_manager *mgr, const struct cgroup_params *params
 /* Moves pid (a process, all its threads) into every directory of the instance. */
 int cgroup_enter(struct cgroup_instance *inst, pid_t pid, struct cella_err *err);
 
+/* Entering without the wait. Writing another process's pid to cgroup.procs takes the kernel's
+ * global threadgroup lock, whose write side waits for an RCU grace period (5-20 ms on our hosts,
+ * most of a whole `run`). So the runtime opens, before it forks, each v1 directory's "tasks" file
+ * and the v2 directory: the child is born in the v2 directory (clone3 CLONE_INTO_CGROUP, see
+ * ns_clone) and, while it has one thread, moves that thread into each v1 directory by writing "0"
+ * (the kernel takes no global lock for the caller's own thread). The kernel checks the
+ * credentials of whoever opened the file, so the child may already be in a new user namespace. */
+struct cgroup_join {
+	const struct cgroup_instance *inst;
+	int v2_fd;  /* the v2 directory (O_DIRECTORY), -1 = none */
+	int *fds;   /* per directory of inst: its "tasks" file (v1), else -1 */
+	size_t n;
+};
+#define CGROUP_JOIN_INIT { .v2_fd = -1 }
+/* Opens the files. Returns 1 when the child can join itself, 0 when it cannot (a fake tree for
+ * unit tests: use cgroup_enter), or a negative errno. */
+int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, struct cella_err *err);
+/* In the single-threaded child: moves itself into every v1 directory, then closes the v1 fds
+ * (the v2 one stays for cgroup_join_close). Async-signal-safe apart from the error message. */
+int cgroup_join_self(struct cgroup_join *j, struct cella_err *err);
+void cgroup_join_close(struct cgroup_join *j);
+/* For a child that was not born in the v2 directory (clone3 refused): the runtime moves it. */
+int cgroup_enter_v2(struct cgroup_instance *inst, pid_t pid, struct cella_err *err);
+
 /* Every pid in the container's cgroups (including nested sub-cgroups the container made),
  * deduplicated, ascending. *out is malloc'd (NULL when n == 0). */
 int cgroup_get_pids(struct cgroup_instance *inst, pid_t **out, size_t *n, struct cella_err *err);

@@ -51,6 +51,9 @@ struct cg_dir *cg_v2_dir(struct cgroup_instance *inst);
 /* Writes value to d->path/file (never creates files; in fake mode appends a line). Errors read
  * "cgroup v1 memory: write memory.limit_in_bytes=1048576 in DIR: strerror". */
 int cg_write(const struct cg_dir *d, const char *file, const char *value, struct cella_err *err);
+/* The same through *fd, opened on first use and kept for the next value (the caller closes it):
+ * each write(2) to a cgroup file is one value. */
+int cg_write_keep(const struct cg_dir *d, int *fd, const char *file, const char *value, struct cella_err *err);
 int cg_writef(const struct cg_dir *d, const char *file, struct cella_err *err, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 /* Reads d->path/file (trailing whitespace trimmed) into a malloc'd string. */

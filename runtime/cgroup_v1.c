@@ -234,10 +234,12 @@ int cg_v2_hugetlb(const struct cg_dir *d, const struct oci_resources *res, struc
 
 int cg_v1_devices(const struct cg_dir *d, const struct cg_dev_rule *rules, size_t n, struct cella_err *err)
 {
+	_cleanup_close_ int allow_fd = -1, deny_fd = -1;
 	for (size_t i = 0; i < n; i++) {
 		char buf[64];
 		cg_dev_rule_string(&rules[i], buf, sizeof(buf));
-		int r = cg_write(d, rules[i].allow ? "devices.allow" : "devices.deny", buf, err);
+		int r = rules[i].allow ? cg_write_keep(d, &allow_fd, "devices.allow", buf, err)
+				       : cg_write_keep(d, &deny_fd, "devices.deny", buf, err);
 		if (r < 0)
 			return r;
 	}

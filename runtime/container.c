@@ -52,6 +52,7 @@ struct create_ctx {
 	struct oci_config *cfg;
 	struct cgroup_manager *mgr;
 	struct cgroup_instance *cg;
+	struct cgroup_join join;
 	int ns_fds[OCI_NS_COUNT];
 	int console_fd;
 	int fifo_fd;
@@ -69,6 +70,7 @@ static void ctx_init(struct create_ctx *c)
 	for (int i = 0; i < OCI_NS_COUNT; i++)
 		c->ns_fds[i] = -1;
 	c->console_fd = c->fifo_fd = c->sync_fd = -1;
+	c->join = (struct cgroup_join)CGROUP_JOIN_INIT;
 }
 
 /* Releases memory and fds (not the container). */
@@ -81,6 +83,7 @@ static void ctx_free(struct create_ctx *c)
 		close(c->fifo_fd);
 	if (c->sync_fd >= 0)
 		close(c->sync_fd);
+	cgroup_join_close(&c->join);
 	if (c->cg)
 		cgroup_instance_free(c->cg);
 	if (c->mgr)
@@ -318,6 +321,9 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 	r = state_save(st, err);
 	if (r < 0)
 		return r;
+	int self_join = cgroup_join_open(c->cg, &c->join, err);
+	if (self_join < 0)
+		return self_join;
 
 	/* The child. Joining any namespace by path needs the staged path (setns/unshare/fork in the
 	 * child); otherwise one clone creates every namespace at once. */
@@ -347,10 +353,12 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		.preserve_fds = o->preserve_fds,
 		.in_userns = oci_config_has_namespace(c->cfg, OCI_NS_USER),
 		.cgroup = c->cg,
+		.cgroup_join = self_join ? &c->join : NULL,
 	};
 	memcpy(a.ns_fds, c->ns_fds, sizeof(a.ns_fds));
 	fflush(NULL);
-	pid_t pid = ns_clone(a.clone_flags);
+	bool in_v2 = false;
+	pid_t pid = ns_clone(a.clone_flags, c->join.v2_fd, &in_v2);
 	if (pid < 0) {
 		int e = errno;
 		close(sp[1]);
@@ -361,11 +369,12 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		container_init(&a);
 	}
 	close(sp[1]);
+	cgroup_join_close(&c->join);
 	c->child = c->init = pid;
+	/* Recorded with READY: until then a `delete --force` finds the child through the cgroups,
+	 * and the child dies with us (PR_SET_PDEATHSIG, or EOF on the sync socket). */
 	st->pid = pid;
-	r = state_save(st, err);
-	if (r < 0)
-		return r;
+	proc_stat(pid, &st->pid_start, NULL);
 
 	if (!staged && (flags & CLONE_NEWUSER)) {
 		r = ns_write_id_maps(pid, c->cfg, err);
@@ -398,11 +407,11 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 			}
 		}
 		st->pid = c->init;
-		r = state_save(st, err);
-		if (r < 0)
-			return r;
+		proc_stat(c->init, &st->pid_start, NULL);
 	}
-	r = cgroup_enter(c->cg, c->init, err);
+	/* The child moves itself into the v1 cgroups (and was born in the v2 one) unless that could
+	 * not be set up. */
+	r = !self_join ? cgroup_enter(c->cg, c->init, err) : !in_v2 ? cgroup_enter_v2(c->cg, c->init, err) : 0;
 	if (r < 0)
 		return r;
 	if (c->cfg->process.oom_score_adj.set) {
@@ -413,11 +422,6 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		if (fd < 0 || write(fd, val, (size_t)n) != n)
 			return cella_err_sys(err, errno, "process.oomScoreAdj: write %s to %s", val, path);
 	}
-	proc_stat(c->init, &st->pid_start, NULL);
-	r = state_save(st, err);
-	if (r < 0)
-		return r;
-
 	sync_send(c->sync_fd, SYNC_GO, 0, 0, NULL);
 	if (hooks_init_needs_state(&c->cfg->hooks)) {
 		_cleanup_free_ char *state = hooks_state_json(st, "creating");

@@ -44,10 +44,28 @@ int root_open(int rootfd, const char *path, bool make, bool as_dir, struct cella
 			return cella_err_sys(err, -fd, "open %s in the rootfs", path);
 		return fd;
 	}
-	/* Create missing components one at a time, each resolved inside the root. */
 	_cleanup_free_ char *buf = strdup(path);
 	if (!buf)
 		return cella_err_set(err, ENOMEM, "path %s", path);
+	/* Usually only the last component is missing (a mount point in a fresh tmpfs): create it in
+	 * its parent, resolved inside the root. The name has no '/', so mkdirat cannot escape. */
+	char *leaf = strrchr(buf, '/');
+	if (leaf && leaf[1] && strcmp(leaf + 1, ".") && strcmp(leaf + 1, "..")) {
+		*leaf = '\0';
+		_cleanup_close_ int parent = openat2_in_root(rootfd, buf, O_PATH | O_DIRECTORY);
+		*leaf = '/';
+		if (parent >= 0) {
+			int made = as_dir ? mkdirat(parent, leaf + 1, 0755)
+					  : openat(parent, leaf + 1, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+			if (made < 0 && errno != EEXIST)
+				return cella_err_sys(err, errno, "%s %s in the rootfs", as_dir ? "mkdir" : "create", buf);
+			if (!as_dir && made >= 0)
+				close(made);
+			fd = openat2_in_root(rootfd, buf, O_PATH);
+			return fd < 0 ? cella_err_sys(err, -fd, "open %s in the rootfs", buf) : fd;
+		}
+	}
+	/* Create missing components one at a time, each resolved inside the root. */
 	_cleanup_close_ int dirfd = openat2_in_root(rootfd, ".", O_PATH | O_DIRECTORY);
 	if (dirfd < 0)
 		return cella_err_sys(err, -dirfd, "open rootfs");

@@ -65,6 +65,7 @@ struct exec_ctx {
 	bool proc_set;
 	struct cgroup_manager *mgr;
 	struct cgroup_instance *cg;
+	struct cgroup_join join;
 	int ns_fds[N_NS];
 	int console_fd; /* --console-socket, or our end of the foreground tty socketpair's peer */
 	int tty_recv;   /* foreground tty: we receive the master here */
@@ -86,6 +87,7 @@ static void ctx_free(struct exec_ctx *c)
 		close(c->sync_fd);
 	if (c->sigfd >= 0)
 		close(c->sigfd);
+	cgroup_join_close(&c->join);
 	if (c->cg)
 		cgroup_instance_free(c->cg);
 	if (c->mgr)
@@ -281,11 +283,13 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 }
 
 /* C1: waits to be in the cgroups, joins the namespaces, forks C2 and reports its pid. */
-_Noreturn static void exec_child(struct exec_ctx *c, unsigned preserve_fds)
+_Noreturn static void exec_child(struct exec_ctx *c, bool self_join, unsigned preserve_fds)
 {
 	struct cella_err err = { 0 };
 	struct sync_msg m;
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (self_join && cgroup_join_self(&c->join, &err) < 0)
+		child_fail(c->sync_fd, &err);
 	if (sync_recv(c->sync_fd, &m) < 0 || m.type != SYNC_GO)
 		_exit(1);
 	for (size_t i = 0; i < N_NS; i++) {
@@ -378,8 +382,12 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
 		return cella_err_sys(err, errno, "socketpair");
 	c->sync_fd = sp[0];
+	int self_join = cgroup_join_open(c->cg, &c->join, err);
+	if (self_join < 0)
+		return cella_err_wrap(err, "exec");
 	fflush(NULL);
-	pid_t pid = fork();
+	bool in_v2 = false;
+	pid_t pid = ns_clone(0, c->join.v2_fd, &in_v2);
 	if (pid < 0) {
 		int e = errno;
 		close(sp[1]);
@@ -388,15 +396,18 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 	if (pid == 0) {
 		close(sp[0]);
 		c->sync_fd = sp[1];
-		exec_child(c, o->preserve_fds);
+		exec_child(c, self_join, o->preserve_fds);
 	}
 	close(sp[1]);
+	cgroup_join_close(&c->join);
 	c->c1 = pid;
 	if (c->console_fd >= 0 && !o->console_socket) {
 		close(c->console_fd);
 		c->console_fd = -1;
 	}
-	r = cgroup_enter(c->cg, pid, err);
+	/* C1 moves itself into the v1 cgroups (and was born in the v2 one) unless that could not be
+	 * set up. */
+	r = !self_join ? cgroup_enter(c->cg, pid, err) : !in_v2 ? cgroup_enter_v2(c->cg, pid, err) : 0;
 	if (r < 0)
 		return cella_err_wrap(err, "exec");
 	sync_send(c->sync_fd, SYNC_GO, 0, 0, NULL);
@@ -477,6 +488,7 @@ int container_exec(const struct cella_runtime *rt, const struct container_exec_o
 	for (size_t i = 0; i < N_NS; i++)
 		c.ns_fds[i] = -1;
 	c.console_fd = c.tty_recv = c.sync_fd = c.sigfd = -1;
+	c.join = (struct cgroup_join)CGROUP_JOIN_INIT;
 	*exit_status = 0;
 
 	sigset_t all, old;

@@ -4,6 +4,7 @@
 
 #include "base/err.h"
 #include "base/util.h"
+#include "runtime/cgroup.h"
 #include "runtime/harden.h"
 #include "runtime/hooks.h"
 #include "runtime/seccomp.h"
@@ -123,6 +124,9 @@ _Noreturn void container_init(struct init_args *a)
 	int r;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* First, so that everything the setup uses is accounted to the container. */
+	if (a->cgroup_join && cgroup_join_self(a->cgroup_join, &err) < 0)
+		fail(a, &err);
 	if (a->staged) {
 		r = staged_namespaces(a, &err);
 		if (r < 0)

@@ -11,13 +11,14 @@
 
 struct cella_err;
 struct cgroup_instance;
+struct cgroup_join;
 
 /* Messages over the SOCK_SEQPACKET socketpair between the runtime (P) and the child (C). */
 enum sync_type {
 	SYNC_USERMAP = 1, /* C -> P: I unshared a user namespace, write my uid/gid maps */
 	SYNC_USERMAP_ACK, /* P -> C: maps written */
 	SYNC_PID,         /* C -> P: the init is my child `pid` (pid namespace needed a fork); I exit */
-	SYNC_GO,          /* P -> C: in the cgroup, proceed with the setup */
+	SYNC_GO,          /* P -> C: id maps written, in every cgroup: proceed with the setup */
 	SYNC_READY,       /* C -> P: set up; about to wait on exec.fifo */
 	SYNC_ACK,         /* P -> C: state recorded; you are on your own */
 	SYNC_ERROR,       /* C -> P: setup failed: msg */
@@ -51,6 +52,8 @@ struct init_args {
 	unsigned preserve_fds;
 	bool in_userns;          /* new or joined user namespace: no mknod, bind host devices */
 	struct cgroup_instance *cgroup; /* for "cgroup" mounts, may be NULL */
+	struct cgroup_join *cgroup_join; /* the child moves itself into the v1 cgroups; NULL = the
+					  * runtime moves it */
 };
 
 /* The child's whole life: namespaces, rootfs, process, wait for start, execve. Never returns. */
@@ -63,8 +66,10 @@ int ns_open_joined(const struct oci_config *cfg, int fds[OCI_NS_COUNT], struct c
 void ns_close_joined(int fds[OCI_NS_COUNT]);
 /* Writes /proc/PID/{uid_map,setgroups,gid_map} from linux.uidMappings/gidMappings. */
 int ns_write_id_maps(pid_t pid, const struct oci_config *cfg, struct cella_err *err);
-/* fork()-like raw clone with namespace flags (no stack switch, so it works under ASan). */
-pid_t ns_clone(unsigned long flags);
+/* fork()-like raw clone with namespace flags (no stack switch, so it works under ASan). With
+ * cgroup_fd >= 0 (a v2 directory) the child is born in that cgroup when the kernel allows it:
+ * *in_cgroup says whether it was. */
+pid_t ns_clone(unsigned long flags, int cgroup_fd, bool *in_cgroup);
 
 /* mounts.c — run in the child, in its mount namespace */
 int rootfs_prepare(struct init_args *a, struct cella_err *err);  /* propagation, rootfs bind, mounts, /dev */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/nsfs.h>
+#include <linux/sched.h>
 #include <sched.h>
 #include <stddef.h>
 #include <signal.h>
@@ -17,10 +18,25 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-pid_t ns_clone(unsigned long flags)
+pid_t ns_clone(unsigned long flags, int cgroup_fd, bool *in_cgroup)
 {
+	*in_cgroup = false;
 	/* Raw clone without a new stack: the child continues like after fork(). glibc's clone()
 	 * wrapper would need a separate stack, which ASan cannot see. */
+	if (cgroup_fd >= 0) {
+		struct clone_args ca = {
+			.flags = flags | CLONE_INTO_CGROUP,
+			.exit_signal = SIGCHLD,
+			.cgroup = (uint64_t)cgroup_fd,
+		};
+		long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+		if (pid >= 0) {
+			*in_cgroup = true;
+			return (pid_t)pid;
+		}
+		/* Kernels before 5.7 (ENOSYS, E2BIG), or a directory the kernel will not start a
+		 * process in: a plain clone, and the runtime's cgroup.procs write reports why. */
+	}
 	return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, NULL);
 }
 
