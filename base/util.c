@@ -246,6 +246,27 @@ char *cella_strdup_printf(const char *fmt, ...)
 	return r < 0 ? NULL : out;
 }
 
+char *cella_passwd_field(const char *path, unsigned uid, int field)
+{
+	if (field < 0 || field > 6)
+		return NULL;
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	char line[1024];
+	while (f && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		char *fields[7] = { 0 };
+		char *s = line;
+		int n = 0;
+		for (char *tok; n < 7 && (tok = strsep(&s, ":")); n++)
+			fields[n] = tok;
+		unsigned v;
+		int k = 0;
+		if (n > field && fields[2] && sscanf(fields[2], "%u%n", &v, &k) == 1 && !fields[2][k] && v == uid)
+			return *fields[field] ? strdup(fields[field]) : NULL;
+	}
+	return NULL;
+}
+
 int cella_parse_int64(const char *s, int64_t *out)
 {
 	if (!s || !*s)

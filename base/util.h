@@ -62,6 +62,11 @@ char *cella_path_join(const char *a, const char *b);
 /* asprintf that returns NULL on failure. */
 char *cella_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Field (0 = name ... 5 = home) of uid's line in a passwd(5) file, malloc'd; NULL when the file
+ * or the uid is missing or the field is empty. Read directly, not through NSS: it serves a
+ * container's /etc/passwd, and the static binary has no NSS modules. */
+char *cella_passwd_field(const char *path, unsigned uid, int field);
+
 /* Strict number parsing: whole string, range checked. Return 0 or -EINVAL/-ERANGE. */
 int cella_parse_int64(const char *s, int64_t *out);
 int cella_parse_uint64(const char *s, uint64_t *out);

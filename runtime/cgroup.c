@@ -20,7 +20,6 @@
 #include <time.h>
 
 #define CG_FILE_MAX (1u << 20)
-#define CG_DEFAULT_PARENT "cella"
 
 static const char *const v1_controller_names[] = {
 	"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
@@ -456,10 +455,9 @@ static int compute_instance(struct cgroup_manager *mgr, const char *cgroups_path
 	int r = check_id(id, err);
 	if (r < 0)
 		return r;
-	bool dflt = !cgroups_path || !cgroups_path[0];
 	_cleanup_free_ char *given = NULL;
-	if (dflt) {
-		given = cella_strdup_printf("/%s/%s", CG_DEFAULT_PARENT, id);
+	if (!cgroups_path || !cgroups_path[0]) {
+		given = cella_strdup_printf("/%s", id);
 	} else {
 		if (cgroups_path[0] != '/') {
 			const char *c1 = strchr(cgroups_path, ':');
@@ -509,7 +507,7 @@ static int compute_instance(struct cgroup_manager *mgr, const char *cgroups_path
 		d->path = cella_path_join(d->mount, d->rel);
 		if (!d->path)
 			return cella_err_set(err, ENOMEM, "out of memory");
-		d->created = dflt ? 2 : 1;
+		d->created = 1;
 	}
 	*out = TAKE_PTR(inst);
 	return 0;
@@ -1153,16 +1151,10 @@ int cgroup_create(struct cgroup_manager *mgr, const struct cgroup_params *params
 		return r;
 	if ((r = check_unified_routing(inst, params->resources, err)) < 0)
 		return r;
-	/* compute_instance counts the default "/cella" parent as ours (2): it belongs to the
-	 * runtime, so whoever destroys the last container removes it, whoever created it. */
-	bool dflt = !params->cgroups_path || !params->cgroups_path[0];
 	for (size_t i = 0; i < inst->n; i++)
 		inst->d[i].created = 0;
-	for (size_t i = 0; i < inst->n && r == 0; i++) {
+	for (size_t i = 0; i < inst->n && r == 0; i++)
 		r = mkdir_one(inst, &inst->d[i], err);
-		if (dflt && inst->d[i].created == 1)
-			inst->d[i].created = 2;
-	}
 	if (r == 0)
 		r = apply_resources(inst, params, err);
 	if (r == 0 && pid > 0)

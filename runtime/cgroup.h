@@ -11,12 +11,12 @@
  * Paths (linux.cgroupsPath):
  *   absolute "/a/b"  -> <hierarchy mount>/a/b in every hierarchy (runc semantics);
  *   relative "a/b"   -> <runtime's own cgroup in that hierarchy (from /proc/self/cgroup)>/a/b;
- *   NULL or ""       -> "/cella/<id>" (absolute; the "cella" parent is removed again when empty);
+ *   NULL or ""       -> "/<id>" (absolute, as crun; no shared parent to make and remove each time);
  *   "slice:prefix:name" (systemd driver form) -> error "systemd cgroup driver is not supported".
  *   ".." components are resolved lexically and never climb above the hierarchy root / own cgroup.
  *
  * Every function returns 0 or a negative errno and fills err. Messages name the file and value:
- *   "cgroup v1 memory: write memory.limit_in_bytes=1048576 in /sys/fs/cgroup/memory/cella/x: ..."
+ *   "cgroup v1 memory: write memory.limit_in_bytes=1048576 in /sys/fs/cgroup/memory/x: ..."
  * and validation errors name the config path: "linux.resources.cpu.cpus: invalid cpu list \"a-b\"". */
 #pragma once
 #include <stdbool.h>
@@ -128,9 +128,9 @@ int cgroup_instance_lookup(struct cgroup_manager *mgr, const char *cgroups_path,
 
 /* Serialization for the state file. The JSON is an object:
  *   {"mode":"hybrid","dirs":[{"type":"v1","controllers":"memory","mount":"/sys/fs/cgroup/memory",
- *     "path":"/sys/fs/cgroup/memory/cella/x","rel":"/cella/x","created":2}, ...]}
- * ("created" = trailing components of rel that destroy removes; the default "/cella" parent
- * counts as the runtime's own and goes when the last container using it is destroyed).
+ *     "path":"/sys/fs/cgroup/memory/pods/x","rel":"/pods/x","created":2}, ...]}
+ * ("created" = trailing components of rel that destroy removes: the leaf and the parents this
+ * create made, each only while it is empty).
  * Load validates that every path lies inside one of mgr's cgroup mounts. */
 json_t *cgroup_instance_to_json(const struct cgroup_instance *inst);
 int cgroup_instance_from_json(struct cgroup_manager *mgr, const json_t *j, struct cgroup_instance **out,
@@ -147,7 +147,7 @@ struct cgroup_dir_info {
 				  * through v2 ("hugetlb" on a hybrid host, all available on pure v2) */
 	const char *mount;       /* the hierarchy's mount point, e.g. "/sys/fs/cgroup/cpu,cpuacct" */
 	const char *path;        /* the container's directory in it */
-	const char *rel;         /* path relative to the hierarchy root, e.g. "/cella/x" */
+	const char *rel;         /* path relative to the hierarchy root, e.g. "/x" */
 };
 size_t cgroup_instance_count(const struct cgroup_instance *inst);
 int cgroup_instance_dir(const struct cgroup_instance *inst, size_t i, struct cgroup_dir_info *out);

@@ -30,7 +30,7 @@ struct cg_dir {
 	char *controllers; /* as in cg_hier; for v2 only the controllers driven through v2 */
 	char *mount;
 	char *path;        /* absolute directory */
-	char *rel;         /* path below the hierarchy root, "/cella/x" */
+	char *rel;         /* path below the hierarchy root, "/pods/x" */
 	int created;       /* trailing components of rel that we created (removed at destroy) */
 	bool fake;         /* fake cgroupfs: writes append "value\n" so tests see every write in order */
 };

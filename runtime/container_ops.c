@@ -11,7 +11,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -186,10 +185,10 @@ int container_list(const struct cella_runtime *rt, json_t **out, struct cella_er
 		if (ids[i] && state_load(rt, ids[i], &st, NULL) == 0) {
 			json_t *j = state_to_oci(st, state_status(st));
 			if (j) {
-				struct passwd *pw = getpwuid(st->owner);
+				_cleanup_free_ char *name = cella_passwd_field("/etc/passwd", st->owner, 0);
 				char uid[16];
 				snprintf(uid, sizeof(uid), "#%u", (unsigned)st->owner);
-				json_object_set_new(j, "owner", json_string(pw ? pw->pw_name : uid));
+				json_object_set_new(j, "owner", json_string(name ? name : uid));
 				json_array_append_new(arr, j);
 			}
 			state_free(st);

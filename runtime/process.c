@@ -126,19 +126,8 @@ static bool env_has(char *const *env, const char *name)
 /* Home directory of uid from the container's /etc/passwd, or "/". */
 static char *home_of(uid_t uid)
 {
-	_cleanup_fclose_ FILE *f = fopen("/etc/passwd", "re");
-	char line[1024];
-	while (f && fgets(line, sizeof(line), f)) {
-		char *fields[7] = { 0 };
-		char *save = NULL, *s = line;
-		int n = 0;
-		for (char *tok; n < 7 && (tok = strsep(&s, ":")); n++)
-			fields[n] = tok;
-		(void)save;
-		if (n >= 6 && fields[2] && (uid_t)strtoul(fields[2], NULL, 10) == uid && fields[5] && *fields[5])
-			return strdup(fields[5]);
-	}
-	return strdup("/");
+	char *home = cella_passwd_field("/etc/passwd", uid, 5);
+	return home ? home : strdup("/");
 }
 
 char **process_env(const struct oci_process *p)

@@ -223,9 +223,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	verb = argv[i];
-	/* Verbs that enter a container run from a sealed copy of the binary (CVE-2019-5736). */
+	/* Verbs that enter a container run from a read-only view of the binary (CVE-2019-5736). */
 	if ((!strcmp(verb, "create") || !strcmp(verb, "run") || !strcmp(verb, "exec")) &&
-	    cella_selfexec_sealed(argv, &err) < 0)
+	    cella_selfexec_protected(argv, &err) < 0)
 		return fail(&g, &err);
 	if (!strcmp(verb, "help")) {
 		usage(stdout);

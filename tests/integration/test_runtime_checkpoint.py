@@ -239,12 +239,12 @@ cat /cr/restore.err; [ -s /cr/pid ]; r=$?; echo rc=$r; [ $r = 0 ] || grep Error 
 cella state ct | grep '"status"'
 echo pid=$(pidof_ct) pidfile=$(cat /cr/pid)
 a=$(count); sleep 1; echo restored=$a now=$(count)
-grep -l "^$(cat /cr/pid)\$" /sys/fs/cgroup/cella/ct/cgroup.procs
+grep -l "^$(cat /cr/pid)\$" /sys/fs/cgroup/ct/cgroup.procs
 
 sec delete
 cella delete -f ct; echo rc=$?
 cella state ct >/dev/null 2>&1; echo state=$?
-[ -e /sys/fs/cgroup/cella/ct ]; echo cgroup-exists=$?
+[ -e /sys/fs/cgroup/ct ]; echo cgroup-exists=$?
 """
 
 
@@ -335,7 +335,7 @@ def test_sandbox_checkpoint_restore_resumes_count(cr_sections):
     assert kv(rs, "rc") == 0 and '"status": "running"' in rs, rs
     assert kv(rs, "pid") == kv(rs, "pidfile") and kv(rs, "pid") != first_pid, rs
     assert kv(rs, "restored") >= kv(cp, "stopped") and kv(rs, "now") > kv(rs, "restored"), (cp, rs)
-    assert "/sys/fs/cgroup/cella/ct/cgroup.procs" in rs, rs
+    assert "/sys/fs/cgroup/ct/cgroup.procs" in rs, rs
     # delete cleans up.
     d = s["delete"]
     assert kv(d, "rc") == 0 and kv(d, "state") == 1 and kv(d, "cgroup-exists") == 1, d

@@ -1,6 +1,7 @@
 """Hardening: the runtime binary is never exposed to the container (CVE-2019-5736), no file
 descriptor leaks in and the cwd cannot point outside the root (CVE-2024-21626), and capabilities
 outside the runtime's bounding set are refused before anything is created."""
+import errno
 import hashlib
 import json
 import os
@@ -40,13 +41,32 @@ if echo pwned >> /proc/$ppid/exe 2>{d}/write.err; then echo yes; else echo no; f
     os.chmod(d, 0o777)
     r = rt.run(rt.bundle(["sh", "-c", "readlink /proc/self/exe"], edit=edit))
     assert r.returncode == 0, r
+    # The root of the read-only detached mount of the binary ("/"), or the sealed memfd copy on
+    # kernels without the new mount API; never the host path.
     exe = (d / "exe").read_text().strip()
-    assert exe.startswith("/memfd:cella"), exe
+    assert exe == "/" or exe.startswith("/memfd:cella"), exe
     assert (d / "wrote").read_text().strip() == "no", (d / "write.err").read_text()
     start_exe = (d / "start.exe").read_text().strip()
-    assert start_exe.startswith("/memfd:cella"), start_exe
+    assert start_exe == "/" or start_exe.startswith("/memfd:cella"), start_exe
     assert not (d / "start.wrote").exists()
     assert sha(CELLA) == before
+
+
+def test_runtime_binary_stays_readonly_after_init_exits(rt):
+    """The attack's second half: hold /proc/PID/exe open (O_PATH) while the init runs, reopen it
+    for writing once the init is gone. The binary's mount is read-only, so EROFS."""
+    b = rt.bundle(["sleep", "30"])
+    cid = rt.new_id()
+    rt.ok("create", "--bundle", b, cid)
+    pid = json.loads(rt.ok("state", cid).stdout)["pid"]
+    held = os.open(f"/proc/{pid}/exe", os.O_PATH)
+    try:
+        rt.ok("delete", "-f", cid)
+        with pytest.raises(OSError) as e:
+            os.open(f"/proc/self/fd/{held}", os.O_WRONLY)
+        assert e.value.errno in (errno.EROFS, errno.EPERM), e.value
+    finally:
+        os.close(held)
 
 
 def test_exec_also_runs_from_sealed_copy(rt):

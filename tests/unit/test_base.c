@@ -54,6 +54,28 @@ static void test_paths(void)
 	TAP_OK(stat(tmpl, &st) < 0 && errno == ENOENT, "tree gone");
 }
 
+static void test_passwd(void)
+{
+	char path[] = "/tmp/cella-passwd-XXXXXX";
+	int fd = mkstemp(path);
+	const char *text = "root:x:0:0:root:/root:/bin/sh\n# comment\nbad:x:12x:0::/nope:/bin/sh\n"
+			   "nohome:x:7:7:n::/bin/sh\nweb:x:1000:1000::/home/web:/bin/sh";
+	TAP_OK(fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text), "passwd file written");
+	if (fd >= 0)
+		close(fd);
+	_cleanup_free_ char *root = cella_passwd_field(path, 0, 0);
+	TAP_STREQ(root, "root", "uid 0 -> name");
+	_cleanup_free_ char *home = cella_passwd_field(path, 1000, 5);
+	TAP_STREQ(home, "/home/web", "last line without newline -> home");
+	_cleanup_free_ char *shell = cella_passwd_field(path, 0, 6);
+	TAP_STREQ(shell, "/bin/sh", "shell has no trailing newline");
+	TAP_OK(!cella_passwd_field(path, 7, 5), "empty home -> NULL");
+	TAP_OK(!cella_passwd_field(path, 12, 0), "uid with junk never matches");
+	TAP_OK(!cella_passwd_field(path, 4242, 0), "unknown uid -> NULL");
+	TAP_OK(!cella_passwd_field("/nonexistent/passwd", 0, 0), "missing file -> NULL");
+	unlink(path);
+}
+
 static void test_json(void)
 {
 	struct cella_err err = { 0 };
@@ -94,6 +116,7 @@ int main(void)
 	test_err();
 	test_numbers();
 	test_paths();
+	test_passwd();
 	test_json();
 	return tap_done();
 }

@@ -282,13 +282,13 @@ static void test_detect(void)
 		saw_co |= !strcmp(info.controllers, "cpu,cpuacct") && !info.v2;
 		saw_named |= !strcmp(info.controllers, "name=systemd");
 		saw_v2 |= info.v2 && !strcmp(info.controllers, "hugetlb") &&
-			  !strcmp(info.path, pathf("%s/unified/cella/c1", hy.root));
+			  !strcmp(info.path, pathf("%s/unified/c1", hy.root));
 	}
 	TAP_OK(saw_co && saw_named && saw_v2, "co-mounted cpu,cpuacct, name=systemd and the v2 dir are listed");
-	TAP_STREQ(cgroup_instance_path(inst, "memory"), pathf("%s/memory/cella/c1", hy.root), "memory routes to v1");
-	TAP_STREQ(cgroup_instance_path(inst, "cpuacct"), pathf("%s/cpu,cpuacct/cella/c1", hy.root),
+	TAP_STREQ(cgroup_instance_path(inst, "memory"), pathf("%s/memory/c1", hy.root), "memory routes to v1");
+	TAP_STREQ(cgroup_instance_path(inst, "cpuacct"), pathf("%s/cpu,cpuacct/c1", hy.root),
 		  "cpuacct routes to the co-mount");
-	TAP_STREQ(cgroup_instance_path(inst, "hugetlb"), pathf("%s/unified/cella/c1", hy.root),
+	TAP_STREQ(cgroup_instance_path(inst, "hugetlb"), pathf("%s/unified/c1", hy.root),
 		  "hugetlb routes to v2 on hybrid");
 	TAP_OK(cgroup_instance_path(inst, "rdma") == NULL, "unknown controller -> NULL");
 	cgroup_instance_free(inst);
@@ -306,8 +306,8 @@ static void test_paths(void)
 	struct cgroup_instance *i = NULL;
 
 	TAP_OK(cgroup_instance_lookup(f.mgr, NULL, "abc", &i, &err) == 0, "default path");
-	TAP_STREQ(cgroup_instance_path(i, "pids"), pathf("%s/pids/cella/abc", f.root), "NULL -> /cella/<id>");
-	TAP_STREQ(cgroup_instance_path(i, "memory"), pathf("%s/memory/cella/abc", f.root),
+	TAP_STREQ(cgroup_instance_path(i, "pids"), pathf("%s/pids/abc", f.root), "NULL -> /<id> (as crun)");
+	TAP_STREQ(cgroup_instance_path(i, "memory"), pathf("%s/memory/abc", f.root),
 		  "NULL is absolute (not below own cgroup)");
 	cgroup_instance_free(i);
 
@@ -369,13 +369,19 @@ static void test_v1(void)
 	full_resources(&r);
 	struct oci_device devs[] = { { .path = (char *)"/dev/fuse", .type = 'c', .major = 10, .minor = 229 },
 				     { .path = (char *)"/dev/fifo", .type = 'p' } };
-	struct cgroup_params p = { .id = "c1", .resources = &r, .devices = devs, .n_devices = 2 };
+	/* A parent that does not exist yet: made (cpuset copied from the root) and removed again. */
+	struct cgroup_params p = { .id = "c1", .cgroups_path = "/cella/c1", .resources = &r, .devices = devs,
+				   .n_devices = 2 };
 	struct cgroup_instance *i = NULL;
 	struct cella_err err = { 0 };
 	int rc = cgroup_create(f.mgr, &p, 4242, &i, &err);
 	TAP_OK(rc == 0, "v1 create: %s", err.msg);
 	if (rc < 0)
 		return;
+	struct cgroup_join join = CGROUP_JOIN_INIT;
+	TAP_OK(cgroup_join_open(i, &join, &err) == 0 && join.v2_fd < 0 && !join.fds,
+	       "fake tree: no self-join, the runtime enters by cgroup.procs");
+	cgroup_join_close(&join);
 	char mem[1024];
 	snprintf(mem, sizeof(mem), "%s/memory/cella/c1", f.root);
 	TAP_STREQ(get(mem, "memory.limit_in_bytes"), "1048576", "memory.limit_in_bytes");
@@ -459,11 +465,11 @@ static void test_v1_memory_cases(void)
 	struct cgroup_instance *i = NULL;
 	struct cella_err err = { 0 };
 	TAP_OK(cgroup_create(f.mgr, &p, 0, &i, &err) == 0, "limit -1");
-	const char *mem = pathf("%s/memory/cella/m1", f.root);
+	const char *mem = pathf("%s/memory/m1", f.root);
 	TAP_STREQ(get(mem, "memory.limit_in_bytes"), "-1", "limit -1 written as -1");
 	TAP_STREQ(get(mem, "memory.memsw.limit_in_bytes"), "-1", "unlimited memory makes swap unlimited (first)");
 	TAP_STREQ(get(mem, "cgroup.procs"), "", "pid 0: nobody moved");
-	TAP_STREQ(get(pathf("%s/devices/cella/m1", f.root), "devices.deny"), "", "skip_devices leaves devices alone");
+	TAP_STREQ(get(pathf("%s/devices/m1", f.root), "devices.deny"), "", "skip_devices leaves devices alone");
 	cgroup_destroy(i, NULL);
 	cgroup_instance_free(i);
 
@@ -500,7 +506,7 @@ static void test_v1_memory_cases(void)
 	r.cpu.quota = (struct oci_opt_i64){ true, -1 };
 	r.cpu.period = (struct oci_opt_u64){ true, 20000 };
 	TAP_OK(cgroup_create(f.mgr, &p, 0, &i, &err) == 0, "quota -1");
-	TAP_STREQ(get(pathf("%s/cpu,cpuacct/cella/m1", f.root), "cpu.cfs_quota_us"), "-1", "quota -1 -> -1");
+	TAP_STREQ(get(pathf("%s/cpu,cpuacct/m1", f.root), "cpu.cfs_quota_us"), "-1", "quota -1 -> -1");
 	cgroup_destroy(i, NULL);
 	cgroup_instance_free(i);
 	memset(&r, 0, sizeof(r));
@@ -556,13 +562,14 @@ static void test_cleanup_on_failure(void)
 	       "page size message: %s", err.msg);
 	TAP_OK(count_container_dirs(&f, L_V1) == 0, "nothing left after the late failure");
 
-	/* Two containers share /cella: destroying one keeps it for the other. */
+	/* Two containers at the default paths: destroying one leaves the other alone. */
 	struct cgroup_params pa = { .id = "a" }, pb = { .id = "b" };
 	struct cgroup_instance *a = NULL, *b = NULL;
 	TAP_OK(cgroup_create(f.mgr, &pa, 0, &a, &err) == 0 && cgroup_create(f.mgr, &pb, 0, &b, &err) == 0,
 	       "two containers");
-	TAP_OK(cgroup_destroy(a, &err) == 0 && exists(pathf("%s/pids/cella/b", f.root)), "destroy a keeps b");
-	TAP_OK(cgroup_destroy(b, &err) == 0 && !exists(pathf("%s/pids/cella", f.root)), "destroy b removes /cella");
+	TAP_OK(cgroup_destroy(a, &err) == 0 && !exists(pathf("%s/pids/a", f.root)) && exists(pathf("%s/pids/b", f.root)),
+	       "destroy a keeps b");
+	TAP_OK(cgroup_destroy(b, &err) == 0 && count_container_dirs(&f, L_V1) == 0, "destroy b: nothing left");
 	cgroup_instance_free(a);
 	cgroup_instance_free(b);
 
@@ -585,7 +592,7 @@ static void test_v2(void)
 	struct oci_kv kv[] = { { (char *)"memory.high", (char *)"900000" }, { (char *)"cgroup.max.depth", (char *)"3" } };
 	r.unified = kv;
 	r.n_unified = 2;
-	struct cgroup_params p = { .id = "c2", .resources = &r };
+	struct cgroup_params p = { .id = "c2", .cgroups_path = "/cella/c2", .resources = &r };
 	struct cgroup_instance *i = NULL;
 	struct cella_err err = { 0 };
 	int rc = cgroup_create(f.mgr, &p, 4242, &i, &err);
@@ -630,7 +637,7 @@ static void test_v2(void)
 		r.cpu.period = (struct oci_opt_u64){ cm[k].ps, cm[k].per };
 		struct cgroup_params q = { .id = "c3", .resources = &r, .skip_devices = true };
 		rc = cgroup_create(f.mgr, &q, 0, &i, &err);
-		TAP_STREQ(rc == 0 ? get(pathf("%s/cella/c3", f.root), "cpu.max") : err.msg, cm[k].want, "cpu.max \"%s\"",
+		TAP_STREQ(rc == 0 ? get(pathf("%s/c3", f.root), "cpu.max") : err.msg, cm[k].want, "cpu.max \"%s\"",
 			  cm[k].want);
 		if (rc == 0) {
 			cgroup_destroy(i, NULL);
@@ -645,7 +652,7 @@ static void test_v2(void)
 	r.pids.limit = (struct oci_opt_i64){ true, -1 };
 	struct cgroup_params q = { .id = "c4", .resources = &r };
 	TAP_OK(cgroup_create(f.mgr, &q, 0, &i, &err) == 0, "unlimited values");
-	d = pathf("%s/cella/c4", f.root);
+	d = pathf("%s/c4", f.root);
 	TAP_STREQ(get(d, "memory.max"), "max", "limit -1 -> max");
 	TAP_STREQ(get(d, "memory.low"), "max", "reservation -1 -> max");
 	TAP_STREQ(get(d, "memory.swap.max"), "max", "limit -1 and no swap -> swap max");
@@ -700,11 +707,11 @@ static void test_hybrid(void)
 	TAP_OK(rc == 0, "hybrid create: %s", err.msg);
 	if (rc < 0)
 		return;
-	const char *u = pathf("%s/unified/cella/h1", f.root);
-	TAP_STREQ(get(pathf("%s/memory/cella/h1", f.root), "memory.limit_in_bytes"), "1048576", "memory via v1");
-	TAP_STREQ(get(pathf("%s/cpu,cpuacct/cella/h1", f.root), "cpu.shares"), "512", "cpu via v1");
-	TAP_STREQ(get(pathf("%s/pids/cella/h1", f.root), "pids.max"), "100", "pids via v1");
-	TAP_OK(strstr(get(pathf("%s/devices/cella/h1", f.root), "devices.allow"), "c 1:3 rwm") != NULL,
+	const char *u = pathf("%s/unified/h1", f.root);
+	TAP_STREQ(get(pathf("%s/memory/h1", f.root), "memory.limit_in_bytes"), "1048576", "memory via v1");
+	TAP_STREQ(get(pathf("%s/cpu,cpuacct/h1", f.root), "cpu.shares"), "512", "cpu via v1");
+	TAP_STREQ(get(pathf("%s/pids/h1", f.root), "pids.max"), "100", "pids via v1");
+	TAP_OK(strstr(get(pathf("%s/devices/h1", f.root), "devices.allow"), "c 1:3 rwm") != NULL,
 	       "devices via v1");
 	TAP_STREQ(get(u, "hugetlb.2MB.max"), "4194304", "hugetlb (v2 only) via v2");
 	TAP_STREQ(get(u, "hugetlb.1GB.max"), "0", "unified key for a v2-only controller");

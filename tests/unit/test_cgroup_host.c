@@ -7,6 +7,7 @@
 #include "runtime/cgroup.h"
 #include "runtime/cgroup_internal.h"
 #include "runtime/config.h"
+#include "runtime/init.h"
 #include "tap.h"
 #include "cgtest.h"
 
@@ -34,7 +35,6 @@ static void test_lifecycle(struct cgroup_manager *mgr)
 {
 	char id[64], pidbuf[32];
 	snprintf(id, sizeof(id), "cella-host-test-%d", (int)getpid());
-	bool had_parent = exists("/sys/fs/cgroup/pids/cella") || exists("/sys/fs/cgroup/cella");
 	struct oci_resources r;
 	memset(&r, 0, sizeof(r));
 	r.has_memory = true;
@@ -96,8 +96,8 @@ static void test_lifecycle(struct cgroup_manager *mgr)
 	TAP_OK(mode == CGROUP_MODE_V1 || v2_seen, "a v2 directory exists (%s host)", cgroup_mode_name(mode));
 	const char *selfcg = readf("/proc/%d/cgroup", (int)child);
 	char want[128];
-	snprintf(want, sizeof(want), "/cella/%s", id);
-	TAP_OK(selfcg && strstr(selfcg, want), "/proc/PID/cgroup names /cella/<id>");
+	snprintf(want, sizeof(want), ":/%s\n", id);
+	TAP_OK(selfcg && strstr(selfcg, want), "/proc/PID/cgroup names /<id>");
 
 	pid_t *list = NULL;
 	size_t nl = 0;
@@ -135,12 +135,6 @@ static void test_lifecycle(struct cgroup_manager *mgr)
 			printf("# left behind: %s\n", info.path);
 			left = true;
 		}
-		char parent[1024];
-		snprintf(parent, sizeof(parent), "%s/cella", info.mount);
-		if (!had_parent && exists(parent)) {
-			printf("# left behind: %s\n", parent);
-			left = true;
-		}
 	}
 	TAP_OK(!left, "nothing remains in any hierarchy (v2 dir included)");
 	cgroup_instance_free(loaded);
@@ -171,6 +165,63 @@ static void test_host_error(struct cgroup_manager *mgr)
 		cgroup_instance_free(look);
 	}
 	TAP_OK(!left, "failed create left nothing");
+}
+
+/* The fast way in: a child cloned into the v2 directory that moves its own thread into each v1
+ * one, through files the parent opened (as create and exec do). */
+static void test_self_join(struct cgroup_manager *mgr)
+{
+	char id[64];
+	snprintf(id, sizeof(id), "cella-host-join-%d", (int)getpid());
+	struct cgroup_params p = { .id = id, .skip_devices = true };
+	struct cgroup_instance *inst = NULL;
+	struct cella_err err = { 0 };
+	if (cgroup_create(mgr, &p, 0, &inst, &err) < 0) {
+		TAP_OK(false, "create for the join test: %s", err.msg);
+		return;
+	}
+	struct cgroup_join j = CGROUP_JOIN_INIT;
+	TAP_OK(cgroup_join_open(inst, &j, &err) == 1, "join files opened: %s", err.msg);
+	bool has_v2 = false;
+	for (size_t i = 0; i < cgroup_instance_count(inst); i++) {
+		struct cgroup_dir_info info;
+		cgroup_instance_dir(inst, i, &info);
+		has_v2 |= info.v2;
+	}
+	int pfd[2];
+	TAP_OK(pipe(pfd) == 0, "pipe");
+	bool in_v2 = false;
+	pid_t c = ns_clone(0, j.v2_fd, &in_v2);
+	if (c == 0) {
+		close(pfd[0]);
+		char r = cgroup_join_self(&j, &err) == 0 ? 'y' : 'n';
+		if (write(pfd[1], &r, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pfd[1]);
+	cgroup_join_close(&j);
+	char r = 0;
+	TAP_OK(c > 0 && read(pfd[0], &r, 1) == 1 && r == 'y', "child joined its v1 cgroups itself");
+	close(pfd[0]);
+	TAP_OK(in_v2 == has_v2, "born in the v2 directory (clone3 CLONE_INTO_CGROUP): %s", in_v2 ? "yes" : "no v2 here");
+	const char *cg = c > 0 ? readf("/proc/%d/cgroup", (int)c) : NULL;
+	char want[128];
+	snprintf(want, sizeof(want), ":/%s", id);
+	size_t lines = 0, ours = 0;
+	for (const char *l = cg; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l)) {
+		lines++;
+		const char *e = strchr(l, '\n');
+		size_t len = e ? (size_t)(e - l) : strlen(l);
+		ours += len >= strlen(want) && !strncmp(l + len - strlen(want), want, strlen(want));
+	}
+	TAP_OK(lines > 0 && ours == cgroup_instance_count(inst), "every hierarchy lists /%s (%zu of %zu lines)", id, ours,
+	       lines);
+	int status = 0;
+	TAP_OK(cgroup_destroy(inst, &err) == 0 && waitpid(c, &status, 0) == c && WIFSIGNALED(status),
+	       "destroy kills the joined child: %s", err.msg);
+	cgroup_instance_free(inst);
 }
 
 /* The v2 device program, attached to a real cgroup2 directory: /dev/null opens, /dev/zero not. */
@@ -291,6 +342,7 @@ int main(void)
 	printf("# host cgroup mode: %s\n", cgroup_mode_name(cgroup_manager_mode(mgr)));
 	test_lifecycle(mgr);
 	test_host_error(mgr);
+	test_self_join(mgr);
 	test_hybrid_hugetlb(mgr);
 	test_bpf_devices(mgr);
 	cgroup_manager_free(mgr);
