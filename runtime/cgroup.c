@@ -925,17 +925,18 @@ int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, 
 		j->fds[i] = -1;
 	for (size_t i = 0; i < inst->n; i++) {
 		const struct cg_dir *d = &inst->d[i];
-		_cleanup_free_ char *tasks = d->v2 ? strdup(d->path) : cella_path_join(d->path, "tasks");
-		if (!tasks) {
+		/* v2: the directory itself, for clone3; v1: the file that moves one thread. */
+		_cleanup_free_ char *path = d->v2 ? strdup(d->path) : cella_path_join(d->path, "tasks");
+		if (!path) {
 			cgroup_join_close(j);
 			return cella_err_set(err, ENOMEM, "out of memory");
 		}
-		int fd = d->v2 ? open(tasks, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(tasks, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+		int fd = d->v2 ? open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
 		if (fd < 0) {
 			int e = errno;
 			char label[128];
 			cgroup_join_close(j);
-			return cella_err_sys(err, e, "%s: open %s", cg_label(d, label, sizeof(label)), tasks);
+			return cella_err_sys(err, e, "%s: open %s", cg_label(d, label, sizeof(label)), path);
 		}
 		*(d->v2 ? &j->v2_fd : &j->fds[i]) = fd;
 	}
@@ -951,12 +952,16 @@ int cgroup_join_self(struct cgroup_join *j, struct cella_err *err)
 		if (r == 0 && write(j->fds[i], "0", 1) != 1) {
 			char label[128];
 			const struct cg_dir *d = &j->inst->d[i];
-			r = cella_err_sys(err, errno, "%s: move the container's init into %s",
+			r = cella_err_sys(err, errno, "%s: join %s (write 0 to its tasks file)",
 					  cg_label(d, label, sizeof(label)), d->path);
 		}
 		close(j->fds[i]);
 		j->fds[i] = -1;
 	}
+	/* Nothing of the host's cgroup tree stays open in the container. */
+	if (j->v2_fd >= 0)
+		close(j->v2_fd);
+	j->v2_fd = -1;
 	return r;
 }
 

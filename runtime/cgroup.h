@@ -98,8 +98,8 @@ struct cgroup_join {
 /* Opens the files. Returns 1 when the child can join itself, 0 when it cannot (a fake tree for
  * unit tests: use cgroup_enter), or a negative errno. */
 int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, struct cella_err *err);
-/* In the single-threaded child: moves itself into every v1 directory, then closes the v1 fds
- * (the v2 one stays for cgroup_join_close). Async-signal-safe apart from the error message. */
+/* In the single-threaded child: moves itself into every v1 directory, then closes every fd of j.
+ * Async-signal-safe apart from the error message. */
 int cgroup_join_self(struct cgroup_join *j, struct cella_err *err);
 void cgroup_join_close(struct cgroup_join *j);
 /* For a child that was not born in the v2 directory (clone3 refused): the runtime moves it. */

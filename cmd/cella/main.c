@@ -84,6 +84,7 @@ static void opt_usage(const char *verb, const struct opt *opts)
 int opt_next(int argc, char **argv, int *i, const struct opt *opts, const char **val, struct cella_err *err)
 {
 	static bool dashdash;
+	*val = NULL; /* callers test it before they look at the id: never leave it unset */
 	if (*i == 1)
 		dashdash = false;
 	if (*i >= argc)
