@@ -226,6 +226,63 @@ def report(view, results, runs):
             log(f"  cella/{peer}: time {ct / pt:.2f}x, RSS {cr / pr:.2f}x{verdict}{per_round}")
 
 
+def bench_exec(view, rts, rootfs, runs, warmup):
+    """`RUNTIME exec ID /bin/true` into a running `sleep` container of each runtime, interleaved
+    round by round (what a probe or `kubectl exec` costs). Returns {name: (times, rss)}."""
+    bundle = make_bundle(rootfs, args=("/bin/sleep", "3600"), name="bundle-sleep")
+    roots = {name: tempfile.mkdtemp(prefix=f"{ID_PREFIX}-{name}-exec-", dir="/run") for name, _ in rts}
+    results, alive = {}, {}
+    cgroups_before = cgroup_dirs()
+    try:
+        for name, path in rts:
+            cid = f"{ID_PREFIX}-{view}-{name}-exec"
+            # The detached container keeps its stdio: a file, not a pipe we would wait on.
+            errf = os.path.join(WORK, f"{name}-run-d.err")
+            with open(errf, "w") as e:
+                r = subprocess.run([path, "--root", roots[name], "run", "-d", "--bundle", bundle, cid],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=e)
+            if r.returncode != 0:
+                log(f"skip {name} exec ({view} view): `run -d` exited {r.returncode}: "
+                    f"{open(errf).read().strip()[-200:]}")
+                continue
+            alive[name] = (path, cid)
+            results[name] = ([], [])
+        for i in range(warmup + runs):
+            for name, (path, cid) in alive.items():
+                wall, rss, status = measure([path, "--root", roots[name], "exec", cid, "/bin/true"], name)
+                if status != 0:
+                    raise RuntimeError(f"{name} exec exited {status}")
+                if i >= warmup:
+                    results[name][0].append(wall)
+                    results[name][1].append(rss)
+    finally:
+        for name, (path, cid) in alive.items():
+            subprocess.run([path, "--root", roots[name], "delete", "--force", cid], capture_output=True)
+        leaks = [f"{n} --root {r}: {os.listdir(r)[:3]}" for n, r in roots.items() if os.listdir(r)]
+        leaks += [f"cgroup {p}" for p in sorted(cgroup_dirs() - cgroups_before)]
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)
+        for l in leaks:
+            log(f"LEAK (exec, {view} view): {l}")
+        if not leaks:
+            log(f"leak check (exec, {view} view): no state dirs or cgroups left behind")
+    return results
+
+
+def report_exec(view, results, runs):
+    log("")
+    log(f"runtime `exec ID /bin/true` into a running container, {view} cgroup view: median of {runs} runs")
+    log(f"  {'runtime':<8} {'wall ms':>9} {'min ms':>8} {'p90 ms':>8} {'peak RSS MiB':>13}")
+    for name, (t, r) in results.items():
+        p90 = sorted(t)[max(0, int(len(t) * 0.9) - 1)]
+        log(f"  {name:<8} {statistics.median(t):9.2f} {min(t):8.2f} {p90:8.2f} {statistics.median(r) / 1024:13.2f}")
+    if "cella" in results:
+        for peer in ("crun", "runc"):
+            if peer in results:
+                ratio = statistics.median(results["cella"][0]) / statistics.median(results[peer][0])
+                log(f"  cella/{peer}: exec time {ratio:.2f}x")
+
+
 def make_v1_view():
     """In our private mount namespace: replace /sys/fs/cgroup by a tmpfs that holds only the
     v1 hierarchies (bind mounts of the host's). Returns the controllers' directory names."""
@@ -268,6 +325,7 @@ def main():
         res = bench_view("v1", runtimes_cached(), bundle, args.n, args.w)
         report("pure-v1 (private mount ns: /sys/fs/cgroup = tmpfs + the v1 hierarchies only)",
                res, args.n)
+        report_exec("pure-v1", bench_exec("v1", runtimes_cached(), rootfs, args.n, args.w), args.n)
         return 0
 
     rootfs, origin = make_rootfs()
