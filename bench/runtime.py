@@ -4,7 +4,8 @@
 For each runtime (cella = build/cella, runc, crun) it measures, in the same run and on the same
 bundle and config, the wall time of `RUNTIME --root DIR run --bundle B ID` and the peak RSS of
 the runtime's process tree (bench/benchtime: wait4() rusage, subreaper; same method for all).
-Runs are interleaved (one of each runtime per round) so drift hits all runtimes alike.
+Runs are interleaved (one of each runtime per round) so drift hits all runtimes alike. In the
+pure-v1 view it also times `RUNTIME exec ID /bin/true` into a running container of each runtime.
 
 Cgroup view. This host is "hybrid": cgroup v1 controllers plus a cgroup2 mount at
 /sys/fs/cgroup/unified holding no controllers. Debian's crun 1.8.1 refuses that ("cgroups in
