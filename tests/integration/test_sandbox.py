@@ -8,7 +8,10 @@ import io
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,6 +151,64 @@ def test_timeout_kills_qemu_and_removes_temp_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
     with pytest.raises(sandbox.SandboxError, match="timed out"):
         sandbox.run("sleep 100", timeout=2)
+    assert_nothing_left(tmp_path)
+
+
+def _runner_with_qemu(tmp_path):
+    """A separate Python that runs a long sandbox script with its temp files in tmp_path; returns
+    it once its QEMU is up."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(sandbox.__file__)!r}); import sandbox; "
+            "sandbox.run('sleep 300', timeout=600, freeze_retries=0)")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    runner = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120  # the host-wide sandbox lock may hold it up
+    while time.monotonic() < deadline and not qemus_from(tmp_path):
+        time.sleep(0.2)
+    assert qemus_from(tmp_path), "the runner's QEMU never started"
+    return runner
+
+
+def qemus_from(tmp_path):
+    """Pids of the QEMUs whose command line names tmp_path."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"qemu" in argv[0] and any(str(tmp_path).encode() in a for a in argv):
+            found.append(int(pid))
+    return found
+
+
+def test_sigterm_of_the_runner_kills_qemu_and_removes_temp_files(tmp_path):
+    """A CI timeout or a killed pytest sends SIGTERM: run() still ends through its cleanup."""
+    if not shutil.which(sandbox.QEMU):
+        pytest.skip(f"{sandbox.QEMU} not installed (Debian package qemu-system-x86)")
+    runner = _runner_with_qemu(tmp_path)
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    assert_nothing_left(tmp_path)
+
+
+def test_sigkill_of_the_runner_kills_qemu_and_the_next_run_reaps_its_files(tmp_path, monkeypatch):
+    """SIGKILL runs no cleanup: QEMU dies with its parent (PR_SET_PDEATHSIG) and the next run
+    removes the dead runner's temp dir (named after its pid)."""
+    if not shutil.which(sandbox.QEMU):
+        pytest.skip(f"{sandbox.QEMU} not installed (Debian package qemu-system-x86)")
+    runner = _runner_with_qemu(tmp_path)
+    runner.kill()
+    runner.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and qemus_from(tmp_path):
+        time.sleep(0.1)
+    assert not qemus_from(tmp_path), "QEMU outlived its SIGKILLed runner"
+    left = list(tmp_path.iterdir())
+    assert [p.name for p in left if p.name.startswith(f"cella-sandbox-{runner.pid}-")], left
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(tmp_path))
+    sandbox._reap_stale()
     assert_nothing_left(tmp_path)
 
 

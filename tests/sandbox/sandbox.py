@@ -58,6 +58,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -403,19 +404,67 @@ def _freeze_report(pid, mon):
 FREEZE_RETRIES = int(os.environ.get("CELLA_SANDBOX_FREEZE_RETRIES", "2"))
 
 
+def _temp_dir(kind):
+    """A temp dir named after this process, so a later run can tell it from a live one's."""
+    _reap_stale()
+    return tempfile.mkdtemp(prefix=f"cella-sandbox-{os.getpid()}-{kind}-")
+
+
+def _reap_stale():
+    """Removes the temp dirs of runs whose process is gone (killed with SIGKILL: no finally ran)."""
+    top = tempfile.gettempdir()
+    for name in os.listdir(top):
+        m = re.match(r"cella-sandbox-(\d+)-", name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(top, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+class _TerminateAsExit:
+    """SIGTERM (a CI timeout, a killed pytest) ends a run through its finally blocks, which kill
+    QEMU and remove the temp files, instead of leaving both behind. Main thread only."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._exit)
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def _die_with_parent():
+    """In QEMU's child before exec: SIGKILL when the runner dies, even of SIGKILL."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run(*args, stream=None, freeze_retries=None, **kwargs):
     retries = FREEZE_RETRIES if freeze_retries is None else freeze_retries
-    for attempt in range(retries + 1):
-        try:
-            return _run_once(*args, stream=stream, **kwargs)
-        except SandboxFrozen as e:
-            if attempt == retries:
-                raise
-            note = f"\n=== SANDBOX FROZE, booting it again ({attempt + 1}/{retries}): {e}\n"
-            sys.stderr.write(note)
-            if stream:
-                stream.write(note)
-                stream.flush()
+    with _TerminateAsExit():
+        for attempt in range(retries + 1):
+            try:
+                return _run_once(*args, stream=stream, **kwargs)
+            except SandboxFrozen as e:
+                if attempt == retries:
+                    raise
+                note = f"\n=== SANDBOX FROZE, booting it again ({attempt + 1}/{retries}): {e}\n"
+                sys.stderr.write(note)
+                if stream:
+                    stream.write(note)
+                    stream.flush()
 
 
 def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=None, stream=None,
@@ -431,7 +480,7 @@ def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=
         segments.append(_qemu_segment())
     stall = STALL if stall is None else stall
 
-    tmp = tempfile.mkdtemp(prefix="cella-sandbox-")
+    tmp = _temp_dir("run")
     proc = None
     lock_fd = -1
     nonce = os.urandom(8).hex()
@@ -455,7 +504,8 @@ def _run_once(script, files=(), with_qemu=False, timeout=300, memory=2048, cpus=
         lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         start = time.monotonic()
         deadline = start + timeout
         sel = selectors.DefaultSelector()
@@ -553,7 +603,7 @@ def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=()
         if not (os.path.exists(thing) if os.path.isabs(thing) else shutil.which(thing)):
             shown = os.path.relpath(thing, TOP) if thing.startswith(TOP + "/") else thing
             pytest.skip(f"{shown} missing ({source})")
-    g = tempfile.mkdtemp(prefix=f"cella-batch-{name}-")
+    g = _temp_dir(f"batch-{name}")
     try:
         if prepare:
             prepare(pathlib.Path(g))
