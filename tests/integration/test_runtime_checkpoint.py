@@ -191,8 +191,7 @@ exec unshare -m /bin/sh -c '
   cd /newroot && mount --move . / && exec chroot . /bin/sh /cr/inner.sh'
 """
 
-SANDBOX_INNER = r"""
-sec() { echo; echo "=== $1"; }
+SANDBOX_INNER = sandbox.SH_HELPERS + r"""
 cd /tmp
 export PATH=/cr/bin:$PATH
 B=/cr/bundle

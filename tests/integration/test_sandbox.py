@@ -29,8 +29,7 @@ QEMU_GUEST = ("timeout 150 qemu-system-x86_64 -accel kvm -cpu host -m 256 "
 CMDLINE = "console=ttyS0 quiet panic=-1"
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
-sec kvm
+{sandbox.SH_HELPERS}sec kvm
 ls -l /dev/kvm
 cat /sys/module/kvm_amd/parameters/nested /sys/module/kvm_amd/parameters/npt
 grep -m1 -o -w svm /proc/cpuinfo

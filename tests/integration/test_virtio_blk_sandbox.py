@@ -66,7 +66,6 @@ echo rate-time $t0 $t1 $t2
 """
 
 BATCH = rf"""
-sec() {{ echo; echo "=== $1"; }}
 sec prelude
 cp /g/root.img /tmp/root.img
 dd if=/dev/urandom of=/tmp/ro.img bs=1M count=4 2>/dev/null

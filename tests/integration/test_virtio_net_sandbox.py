@@ -55,7 +55,6 @@ GUEST_LIMITED = (
 )
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
 lsmod | grep -q '^tun ' && echo TUN-LOADED
 
 sec created

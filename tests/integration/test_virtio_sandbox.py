@@ -35,7 +35,6 @@ RNG_PROBE = ("cat /sys/class/misc/hw_random/rng_current; "
              "head -c 32 /dev/hwrng | od -An -tx1; exit 3")
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
 
 sec hostile
 timeout 60 /bin/cella-vmm --kernel /g/hostile.bin --memory 1 --rng </dev/null; echo rc=$?

@@ -24,7 +24,6 @@ CMDLINE = "console=ttyS0 quiet panic=-1 reboot=k cella.cmd=\"i=0; while ! grep -
           "echo KBD-CHECKED; sleep 300\""
 
 BATCH = r"""
-sec() { echo; echo "=== $1"; }
 api() { /g/api-call /tmp/api.sock "$@"; }
 
 sec linux-api

@@ -19,7 +19,6 @@ VMM = "timeout 240 /bin/cella-vmm --initrd /kit/initramfs.cpio.gz --memory 256"
 PROBE = "cat /proc/cmdline; grep MemTotal /proc/meminfo; echo cpus=$(nproc); exit 3"
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
 
 sec bzimage-1
 {VMM} --kernel /kit/vmlinuz --cpus 1 --cmdline '{CMDLINE} -- {PROBE}' </dev/null; echo rc=$?

@@ -78,7 +78,7 @@ echo POST-DONE-$c
 
 E = "/g/vsock-echo"
 BATCH = rf"""
-{sandbox.SH_HELPERS}{sandbox.SH_CLONES}sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
+{sandbox.SH_CLONES}sum() {{ dd if=/tmp/d.img bs=64k skip=$1 count=$2 2>/dev/null | sha256sum | cut -c1-16; }}
 
 sec original
 tunctl -t ptap0 >/dev/null && ip addr add 10.0.3.1/24 dev ptap0 && ip link set ptap0 up; echo tap-rc=$?

@@ -20,7 +20,7 @@ VMM = "/bin/cella-vmm"
 MACHINE = "--kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --memory 256 --cpus 2 --rng"
 
 BATCH = f"""
-{sandbox.SH_HELPERS}{sandbox.SH_CLONES}
+{sandbox.SH_CLONES}
 sec original
 # the VMM's log apart from the console: a log line written while the guest is mid-line would
 # glue the guest's digits to the timestamp's ("count=52026-11-23T...")

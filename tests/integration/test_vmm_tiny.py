@@ -23,7 +23,6 @@ RUNS = 30
 
 BATCH = f"""
 cd /g
-sec() {{ echo; echo "=== $1"; }}
 # cella-vmm with a 20 s watchdog: a hang prints the VMM's threads (state, wait channel), is
 # killed, and shows up as rc=124 instead of a stuck sandbox. Input comes from $VMM_IN (an
 # asynchronous command's stdin would be /dev/null).

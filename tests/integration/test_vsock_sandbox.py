@@ -45,7 +45,6 @@ echo G2H-DONE
 CMDLINE = "console=ttyS0 quiet panic=-1"
 E = "/g/vsock-echo"
 BATCH = rf"""
-sec() {{ echo; echo "=== $1"; }}
 sec vsock
 {E} uds-listen /tmp/v.sock_5000 &
 echo_pid=$!

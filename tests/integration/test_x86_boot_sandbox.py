@@ -25,7 +25,6 @@ GUEST_CMD = ("cat /proc/cmdline; echo cpus=$(nproc); grep MemTotal /proc/meminfo
              "$(cat $d/type); done; echo tables $(ls /sys/firmware/acpi/tables)")
 
 BATCH = f"""
-sec() {{ echo; echo "=== $1"; }}
 sec bzimage
 timeout 280 cella-vmm --kernel /kit/vmlinuz --initrd /kit/initramfs.cpio.gz --cpus 2 --memory 256 \\
   --cmdline '{CMDLINE} -- {GUEST_CMD}' </dev/null

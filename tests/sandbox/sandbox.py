@@ -610,7 +610,7 @@ def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=()
             files = [(g, "/g"), *files]
         # The console streams to the log as it arrives, so a slow or stuck batch can be watched.
         with open(os.path.join(TOP, "build", f"sandbox-{name}.log"), "w") as log:
-            status, output = run(script, files=files, stream=log, **run_kwargs)
+            status, output = run(SH_HELPERS + script, files=files, stream=log, **run_kwargs)
     finally:
         shutil.rmtree(g, ignore_errors=True)
     assert status == 0, output
@@ -621,8 +621,9 @@ def batch(name, script, prepare=None, needs=None, expect=(), refuse=(), files=()
     return sections(output)
 
 
-# Shell functions for batch scripts: `sec NAME` opens a section, `wait_for FILE PATTERN TENTHS`
-# polls FILE for PATTERN and prints a TIMEOUT line when it never comes.
+# Shell functions in front of every batch script (batch() adds them): `sec NAME` opens a section,
+# `wait_for FILE PATTERN TENTHS` polls FILE for PATTERN and prints a TIMEOUT line when it never
+# comes.
 SH_HELPERS = r"""
 sec() { echo; echo "=== $1"; }
 wait_for() {
