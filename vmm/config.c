@@ -256,21 +256,32 @@ static int parse_opts(const char *flag, const char *spec, const struct opt_key *
 }
 
 /* The JSON form of a device has the OPT_SIZE keys of its table as number members. known gets own
- * and those names, NULL-terminated (for cj_reject_unknown); cap counts the NULL. */
-static void json_known(const char *const *own, size_t nown, const struct opt_key *keys, size_t nkeys,
-		       const char **known, size_t cap)
+ * and those names, NULL-terminated (for cj_reject_unknown); cap counts the NULL. A table that
+ * outgrows known fails loudly instead of refusing its last names as unknown. */
+static int json_known(const char *const *own, size_t nown, const struct opt_key *keys, size_t nkeys,
+		      const char **known, size_t cap, struct cella_err *err)
 {
 	size_t n = 0;
-	for (size_t i = 0; i < nown && n + 1 < cap; i++)
+	for (size_t i = 0; i < nown; i++) {
+		if (n + 1 >= cap)
+			goto full;
 		known[n++] = own[i];
+	}
 	for (size_t i = 0; i < nkeys; i++) {
 		const char *one[2];
 		if (keys[i].type != OPT_SIZE)
 			continue;
-		for (const char *const *k = opt_names(&keys[i], one); *k && n + 1 < cap; k++)
+		for (const char *const *k = opt_names(&keys[i], one); *k; k++) {
+			if (n + 1 >= cap)
+				goto full;
 			known[n++] = *k;
+		}
 	}
 	known[n] = NULL;
+	return 0;
+full:
+	known[n] = NULL;
+	return cella_err_set(err, E2BIG, "internal: more JSON member names than the %zu known[] holds", cap - 1);
 }
 
 /* Reads those number members of o (path names it) through the table's setters. */
@@ -429,8 +440,9 @@ static int load_nets(struct vmm_config *cfg, const json_t *arr, struct cella_err
 {
 	static const char *const own[] = { "tap", "mac" };
 	const char *known[16];
-	json_known(own, ARRAY_SIZE(own), net_keys, ARRAY_SIZE(net_keys), known, ARRAY_SIZE(known));
-	int r = cj_expect_array(arr, "nets", err);
+	int r = json_known(own, ARRAY_SIZE(own), net_keys, ARRAY_SIZE(net_keys), known, ARRAY_SIZE(known), err);
+	if (r == 0)
+		r = cj_expect_array(arr, "nets", err);
 	if (r < 0)
 		return r;
 	if (json_array_size(arr) > VMM_MAX_NETS)
@@ -470,8 +482,9 @@ static int load_disks(struct vmm_config *cfg, const json_t *arr, struct cella_er
 {
 	static const char *const own[] = { "path", "ro", "id" };
 	const char *known[16];
-	json_known(own, ARRAY_SIZE(own), disk_keys, ARRAY_SIZE(disk_keys), known, ARRAY_SIZE(known));
-	int r = cj_expect_array(arr, "disks", err);
+	int r = json_known(own, ARRAY_SIZE(own), disk_keys, ARRAY_SIZE(disk_keys), known, ARRAY_SIZE(known), err);
+	if (r == 0)
+		r = cj_expect_array(arr, "disks", err);
 	if (r < 0)
 		return r;
 	if (json_array_size(arr) > VMM_MAX_DISKS)
