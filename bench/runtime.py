@@ -182,20 +182,26 @@ def bench_view(view, rts, bundle, runs, warmup):
                     results[name][0].append(wall)
                     results[name][1].append(rss)
     finally:
-        leaks = []
-        for name, root in roots.items():
-            left = [e for e in os.listdir(root) if not e.startswith(".")] if os.path.isdir(root) else []
-            if left:
-                leaks.append(f"{name} --root {root}: {left[:3]}")
-            shutil.rmtree(root, ignore_errors=True)
-        leaks += [f"cgroup {p}" for p in sorted(cgroup_dirs() - cgroups_before)]
-        with open("/proc/self/mountinfo") as f:
-            leaks += [f"mount {l.split()[4]}" for l in f if ID_PREFIX in l or bundle in l]
-        for l in leaks:
-            log(f"LEAK ({view} view): {l}")
-        if not leaks:
-            log(f"leak check ({view} view): no state dirs, cgroups or mounts left behind")
+        leak_check(f"{view} view", roots, cgroups_before, (ID_PREFIX, bundle))
     return results
+
+
+def leak_check(label, roots, cgroups_before, mount_marks):
+    """Reports (and removes) what the runs left: entries in the runtimes' --root dirs, new cgroup
+    directories, mounts naming one of mount_marks."""
+    leaks = []
+    for name, root in roots.items():
+        left = [e for e in os.listdir(root) if not e.startswith(".")] if os.path.isdir(root) else []
+        if left:
+            leaks.append(f"{name} --root {root}: {left[:3]}")
+        shutil.rmtree(root, ignore_errors=True)
+    leaks += [f"cgroup {p}" for p in sorted(cgroup_dirs() - cgroups_before)]
+    with open("/proc/self/mountinfo") as f:
+        leaks += [f"mount {l.split()[4]}" for l in f if any(m in l for m in mount_marks)]
+    for l in leaks:
+        log(f"LEAK ({label}): {l}")
+    if not leaks:
+        log(f"leak check ({label}): no state dirs, cgroups or mounts left behind")
 
 
 def report(view, results, runs):
@@ -259,14 +265,7 @@ def bench_exec(view, rts, rootfs, runs, warmup):
     finally:
         for name, (path, cid) in alive.items():
             subprocess.run([path, "--root", roots[name], "delete", "--force", cid], capture_output=True)
-        leaks = [f"{n} --root {r}: {os.listdir(r)[:3]}" for n, r in roots.items() if os.listdir(r)]
-        leaks += [f"cgroup {p}" for p in sorted(cgroup_dirs() - cgroups_before)]
-        for root in roots.values():
-            shutil.rmtree(root, ignore_errors=True)
-        for l in leaks:
-            log(f"LEAK (exec, {view} view): {l}")
-        if not leaks:
-            log(f"leak check (exec, {view} view): no state dirs or cgroups left behind")
+        leak_check(f"exec, {view} view", roots, cgroups_before, (ID_PREFIX, bundle))
     return results
 
 
