@@ -892,9 +892,12 @@ int cgroup_enter(struct cgroup_instance *inst, pid_t pid, struct cella_err *err)
 	return 0;
 }
 
-int cgroup_enter_v2(struct cgroup_instance *inst, pid_t pid, struct cella_err *err)
+int cgroup_join_finish(struct cgroup_instance *inst, bool self_join, bool born_in_v2, pid_t pid,
+		       struct cella_err *err)
 {
-	struct cg_dir *d = cg_v2_dir(inst);
+	if (!self_join)
+		return cgroup_enter(inst, pid, err);
+	struct cg_dir *d = born_in_v2 ? NULL : cg_v2_dir(inst);
 	return d ? cg_writef(d, "cgroup.procs", err, "%d", (int)pid) : 0;
 }
 
@@ -946,22 +949,16 @@ int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, 
 int cgroup_join_self(struct cgroup_join *j, struct cella_err *err)
 {
 	int r = 0;
-	for (size_t i = 0; i < j->n; i++) {
-		if (j->fds[i] < 0)
-			continue;
-		if (r == 0 && write(j->fds[i], "0", 1) != 1) {
+	for (size_t i = 0; i < j->n && r == 0; i++) {
+		if (j->fds[i] >= 0 && write(j->fds[i], "0", 1) != 1) {
 			char label[128];
 			const struct cg_dir *d = &j->inst->d[i];
 			r = cella_err_sys(err, errno, "%s: join %s (write 0 to its tasks file)",
 					  cg_label(d, label, sizeof(label)), d->path);
 		}
-		close(j->fds[i]);
-		j->fds[i] = -1;
 	}
 	/* Nothing of the host's cgroup tree stays open in the container. */
-	if (j->v2_fd >= 0)
-		close(j->v2_fd);
-	j->v2_fd = -1;
+	cgroup_join_close(j);
 	return r;
 }
 

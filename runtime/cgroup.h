@@ -98,12 +98,15 @@ struct cgroup_join {
 /* Opens the files. Returns 1 when the child can join itself, 0 when it cannot (a fake tree for
  * unit tests: use cgroup_enter), or a negative errno. */
 int cgroup_join_open(const struct cgroup_instance *inst, struct cgroup_join *j, struct cella_err *err);
-/* In the single-threaded child: moves itself into every v1 directory, then closes every fd of j.
- * Async-signal-safe apart from the error message. */
+/* In the single-threaded child: moves itself into every v1 directory, then closes j
+ * (cgroup_join_close). */
 int cgroup_join_self(struct cgroup_join *j, struct cella_err *err);
 void cgroup_join_close(struct cgroup_join *j);
-/* For a child that was not born in the v2 directory (clone3 refused): the runtime moves it. */
-int cgroup_enter_v2(struct cgroup_instance *inst, pid_t pid, struct cella_err *err);
+/* The runtime's part once the child exists (pid): everything when the child could not join
+ * itself (self_join false: cgroup_join_open returned 0), else the v2 directory when the child was
+ * not born there (clone3 refused, see ns_clone). */
+int cgroup_join_finish(struct cgroup_instance *inst, bool self_join, bool born_in_v2, pid_t pid,
+		       struct cella_err *err);
 
 /* Every pid in the container's cgroups (including nested sub-cgroups the container made),
  * deduplicated, ascending. *out is malloc'd (NULL when n == 0). */

@@ -409,9 +409,7 @@ static int do_create(const struct cella_runtime *rt, const struct container_crea
 		st->pid = c->init;
 		proc_stat(c->init, &st->pid_start, NULL);
 	}
-	/* The child moves itself into the v1 cgroups (and was born in the v2 one) unless that could
-	 * not be set up. */
-	r = !self_join ? cgroup_enter(c->cg, c->init, err) : !in_v2 ? cgroup_enter_v2(c->cg, c->init, err) : 0;
+	r = cgroup_join_finish(c->cg, self_join, in_v2, c->init, err);
 	if (r < 0)
 		return r;
 	if (c->cfg->process.oom_score_adj.set) {

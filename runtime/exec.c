@@ -282,7 +282,8 @@ _Noreturn static void exec_process(struct exec_ctx *c, unsigned preserve_fds)
 	child_fail(sfd, &err);
 }
 
-/* C1: waits to be in the cgroups, joins the namespaces, forks C2 and reports its pid. */
+/* C1: joins the cgroups (itself, or waits until the runtime has moved it), joins the namespaces,
+ * forks C2 and reports its pid. */
 _Noreturn static void exec_child(struct exec_ctx *c, bool self_join, unsigned preserve_fds)
 {
 	struct cella_err err = { 0 };
@@ -405,9 +406,7 @@ static int do_exec(const struct cella_runtime *rt, const struct container_exec_o
 		close(c->console_fd);
 		c->console_fd = -1;
 	}
-	/* C1 moves itself into the v1 cgroups (and was born in the v2 one) unless that could not be
-	 * set up. */
-	r = !self_join ? cgroup_enter(c->cg, pid, err) : !in_v2 ? cgroup_enter_v2(c->cg, pid, err) : 0;
+	r = cgroup_join_finish(c->cg, self_join, in_v2, pid, err);
 	if (r < 0)
 		return cella_err_wrap(err, "exec");
 	sync_send(c->sync_fd, SYNC_GO, 0, 0, NULL);
