@@ -204,17 +204,23 @@ def leak_check(label, roots, cgroups_before, mount_marks):
         log(f"leak check ({label}): no state dirs, cgroups or mounts left behind")
 
 
-def report(view, results, runs):
-    def med(xs):
-        return statistics.median(xs)
+def med(xs):
+    return statistics.median(xs)
 
+
+def table(title, results):
+    """The per-runtime rows: median, min and p90 wall time, median and range of peak RSS."""
     log("")
-    log(f"runtime `run /bin/true`, {view} cgroup view: median of {runs} runs")
+    log(title)
     log(f"  {'runtime':<8} {'wall ms':>9} {'min ms':>8} {'p90 ms':>8} {'peak RSS MiB':>13} {'(min-max)':>12}")
     for name, (t, r) in results.items():
         p90 = sorted(t)[max(0, int(len(t) * 0.9) - 1)]
         log(f"  {name:<8} {med(t):9.2f} {min(t):8.2f} {p90:8.2f} {med(r) / 1024:13.2f} "
             f"{min(r) / 1024:5.2f}-{max(r) / 1024:.2f}")
+
+
+def report(view, results, runs):
+    table(f"runtime `run /bin/true`, {view} cgroup view: median of {runs} runs", results)
     if "cella" not in results:
         log("  cella/crun, cella/runc: n/a (cella was not measured: see the skip line above)")
     else:
@@ -270,17 +276,12 @@ def bench_exec(view, rts, rootfs, runs, warmup):
 
 
 def report_exec(view, results, runs):
-    log("")
-    log(f"runtime `exec ID /bin/true` into a running container, {view} cgroup view: median of {runs} runs")
-    log(f"  {'runtime':<8} {'wall ms':>9} {'min ms':>8} {'p90 ms':>8} {'peak RSS MiB':>13}")
-    for name, (t, r) in results.items():
-        p90 = sorted(t)[max(0, int(len(t) * 0.9) - 1)]
-        log(f"  {name:<8} {statistics.median(t):9.2f} {min(t):8.2f} {p90:8.2f} {statistics.median(r) / 1024:13.2f}")
+    table(f"runtime `exec ID /bin/true` into a running container, {view} cgroup view: median of {runs} runs",
+          results)
     if "cella" in results:
         for peer in ("crun", "runc"):
             if peer in results:
-                ratio = statistics.median(results["cella"][0]) / statistics.median(results[peer][0])
-                log(f"  cella/{peer}: exec time {ratio:.2f}x")
+                log(f"  cella/{peer}: exec time {med(results['cella'][0]) / med(results[peer][0]):.2f}x")
 
 
 def make_v1_view():
