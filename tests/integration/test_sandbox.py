@@ -110,15 +110,25 @@ def test_line_typed_on_stdin_runs_in_guest_shell(sections):
     assert "qemu-status=0" in s
 
 
-def assert_nothing_left(tmp_path):
-    """No temp file of the sandbox is left in tmp_path, and no QEMU still runs from it."""
-    assert list(tmp_path.iterdir()) == []
+def processes_naming(path):
+    """(pid, argv[0]) of every process whose command line names path."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                assert str(tmp_path).encode() not in f.read(), f"QEMU {pid} still running"
+                argv = f.read().split(b"\0")
         except (FileNotFoundError, ProcessLookupError):
-            pass
+            continue
+        if any(str(path).encode() in a for a in argv):
+            found.append((int(pid), argv[0]))
+    return found
+
+
+def assert_nothing_left(tmp_path):
+    """No temp file of the sandbox is left in tmp_path, and no QEMU still runs from it."""
+    assert list(tmp_path.iterdir()) == []
+    left = processes_naming(tmp_path)
+    assert not left, f"still running: {left}"
 
 
 def test_frozen_sandbox_fails_fast_with_qemus_view(tmp_path, monkeypatch):
@@ -170,16 +180,7 @@ def _runner_with_qemu(tmp_path):
 
 def qemus_from(tmp_path):
     """Pids of the QEMUs whose command line names tmp_path."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if b"qemu" in argv[0] and any(str(tmp_path).encode() in a for a in argv):
-            found.append(int(pid))
-    return found
+    return [pid for pid, exe in processes_naming(tmp_path) if b"qemu" in exe]
 
 
 def test_sigterm_of_the_runner_kills_qemu_and_removes_temp_files(tmp_path):
